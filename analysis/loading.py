@@ -1,0 +1,60 @@
+"""Finding and loading what a run wrote, from the files alone (analysis never touches trainer state).
+
+`--checkpoint DIR` may be any of: a saved model directory (config.json + model.safetensors), a run's output
+directory (uses <run>/model, else its newest complete checkpoint), or one checkpoint folder (<run>/checkpoints/
+step-N, uses its model/).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from envs.physics import BallsConfig
+from worldmodel.config_io import from_dict, load_yaml
+from worldmodel.model import WorldModel
+from worldmodel.serialization import CONFIG_FILE, WEIGHTS_FILE, CheckpointError
+
+
+def _is_model_dir(path: Path) -> bool:
+    return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+
+
+def _complete(step_dir: Path) -> bool:
+    try:
+        manifest = json.loads((step_dir / "manifest.json").read_text())
+        return all((step_dir / name).stat().st_size == size for name, size in manifest["files"].items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: does not exist; expected a model, run or checkpoint directory")
+    if _is_model_dir(path):
+        return path
+    if _is_model_dir(path / "model"):
+        return path / "model"
+    steps = sorted(p for p in (path / "checkpoints").glob("step-*") if p.is_dir() and _complete(p))
+    if steps:
+        return steps[-1] / "model"
+    raise CheckpointError(
+        f"{path}: no saved model found (looked for {CONFIG_FILE} + {WEIGHTS_FILE} in it, in model/, and for a "
+        "complete checkpoints/step-*/)"
+    )
+
+
+def load_model(path: str | Path, *, device: str = "cpu") -> tuple[WorldModel, Path]:
+    model_dir = resolve_model_dir(path)
+    return WorldModel.load(model_dir, map_location=device), model_dir
+
+
+def simulator_config(model_dir: Path, image_size: int) -> BallsConfig:
+    """The simulator settings the model was trained with (from the run's config.yaml), else the defaults."""
+    for candidate in (model_dir.parent / "config.yaml", model_dir.parent.parent.parent / "config.yaml"):
+        if candidate.is_file():
+            data = load_yaml(candidate).get("data", {})
+            if isinstance(data, dict) and isinstance(data.get("balls"), dict):
+                return from_dict(BallsConfig, data["balls"], path="data.balls")
+    return BallsConfig(image_size=image_size)

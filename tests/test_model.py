@@ -1,0 +1,172 @@
+"""Unit tests of the model: shapes, the latent's capacity maths, energy, sampling and save/load."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from training.config import debug
+from worldmodel import CheckpointError, WorldModel
+from worldmodel.latent import Gaussian, free_bits_floor, gaussian_kl, project_to_ball
+from worldmodel.regularizers import covariance_loss, effective_rank, variance_loss
+
+
+@pytest.fixture
+def model_config():
+    return debug().model
+
+
+@pytest.fixture
+def frames(model_config):
+    torch.manual_seed(0)
+    size = model_config.image_size
+    return torch.randint(0, 256, (4, 6, 3, size, size), dtype=torch.uint8)
+
+
+def test_shapes(model_config, frames):
+    model = WorldModel(model_config)
+    dim, latent_dim = model_config.encoder.dim, model_config.latent.dim
+    assert model.encode(frames).shape == (4, 6, dim)
+    assert model.encode_target(frames).shape == (4, 6, dim)
+    assert model.encode(frames[0]).shape == (1, 6, dim)  # (T, 3, H, W) is a batch of one
+    assert model.decode(model.encode(frames)).shape == (4, 6, 3, model_config.image_size, model_config.image_size)
+    loss, metrics = model.loss({"frames": frames})
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    for name in WorldModel.LOSS_TERMS:
+        assert f"loss/{name}" in metrics
+    assert model.energy(frames[:, :3], frames[:, 3:]).shape == (4,)
+    assert model.energy(frames[:, :3], frames[:, 3:], reduction="none").shape == (4, 3)
+    futures = model.sample_futures(frames[:, :3], num_samples=5, horizon=4)
+    assert futures.representations.shape == (4, 5, 4, dim)
+    assert futures.energies.shape == (4, 5)
+    assert futures.latents.shape == (4, 5, 4, latent_dim)
+    assert sorted(futures.ranking()[0].tolist()) == list(range(5))
+
+
+def test_bad_frames_are_rejected_with_the_expected_layout(model_config):
+    model = WorldModel(model_config)
+    with pytest.raises(ValueError, match=r"\(B, T, 3, 32, 32\)"):
+        model.encode(torch.zeros(2, 5, 32, 32, 3))
+    with pytest.raises(ValueError, match="uint8"):
+        model.encode(torch.zeros(2, 5, 3, 32, 32, dtype=torch.int32))
+
+
+def test_kl_is_zero_when_posterior_equals_prior_and_matches_closed_form():
+    mean, std = torch.randn(7, 5), torch.rand(7, 5) + 0.1
+    assert torch.allclose(gaussian_kl(Gaussian(mean, std), Gaussian(mean, std)), torch.zeros(7), atol=1e-6)
+    # KL(N(1, 1) || N(0, 1)) = 0.5 per dimension; KL(N(0, 2^2) || N(0, 1)) = 0.5 * (4 - 1 - ln 4).
+    ones = torch.ones(1, 3)
+    assert gaussian_kl(Gaussian(ones, ones), Gaussian(0 * ones, ones)).item() == pytest.approx(1.5)
+    expected = 3 * 0.5 * (4 - 1 - math.log(4))
+    assert gaussian_kl(Gaussian(0 * ones, 2 * ones), Gaussian(0 * ones, ones)).item() == pytest.approx(expected)
+
+
+def test_free_bits_floor_clamps_value_and_gradient():
+    kl = torch.tensor([0.1, 0.4, 2.0], requires_grad=True)
+    floored = free_bits_floor(kl, 0.5)
+    assert floored.tolist() == pytest.approx([0.5, 0.5, 2.0])
+    floored.sum().backward()
+    assert kl.grad.tolist() == [0.0, 0.0, 1.0]
+
+
+def test_capacity_loss_uses_free_bits_and_weight(model_config):
+    model = WorldModel(model_config)
+    latent = model.latent
+    small = torch.full((4, 3), 0.01)
+    assert latent.capacity_loss(small).item() == pytest.approx(
+        model_config.latent.kl_weight * model_config.latent.free_bits
+    )
+
+
+def test_sparse_codes_stay_in_the_ball(model_config, frames):
+    model_config.latent.capacity = "sparse"
+    model_config.latent.max_norm = 0.5
+    model_config.latent.infer_steps = 3
+    model = WorldModel(model_config)
+    z = project_to_ball(torch.randn(100, 4) * 10, 0.5)
+    assert z.norm(dim=-1).max().item() <= 0.5 + 1e-5
+    futures = model.sample_futures(frames[:, :3], num_samples=3, horizon=2)
+    assert futures.latents.norm(dim=-1).max().item() <= 0.5 + 1e-5
+    loss, metrics = model.loss(frames)
+    assert metrics["loss/prior_fit"] != 0.0 and torch.isfinite(loss)
+    assert model.energy(frames[:, :3], frames[:, 3:]).shape == (4,)
+
+
+def test_energy_refinement_does_not_increase_energy(model_config, frames):
+    torch.manual_seed(1)
+    model = WorldModel(model_config)
+    amortised = model.energy(frames[:, :3], frames[:, 3:])
+    model.latent.config.infer_steps = 10
+    model.latent.config.infer_lr = 0.05
+    refined = model.energy(frames[:, :3], frames[:, 3:])
+    assert (refined <= amortised + 1e-5).all()
+
+
+def test_regularizers_known_values():
+    torch.manual_seed(0)
+    collapsed = torch.ones(256, 8)
+    spread = torch.randn(4096, 8) * 2
+    assert variance_loss(collapsed).item() == pytest.approx(1.0 - math.sqrt(1e-4), abs=1e-5)  # eps inside the sqrt
+    assert variance_loss(spread).item() == pytest.approx(0.0, abs=1e-6)
+    assert covariance_loss(spread).item() < 0.05
+    assert effective_rank(torch.randn(4096, 8)) > 7.5
+    rank_one = torch.randn(512, 1) * torch.randn(1, 8)
+    assert effective_rank(rank_one) < 1.05
+
+
+def test_ema_update_moves_target_towards_online(model_config):
+    model = WorldModel(model_config)
+    online = next(model.encoder.parameters())
+    target = next(model.target_encoder.parameters())
+    with torch.no_grad():
+        online.add_(1.0)
+    before = (online - target).abs().mean().item()
+    model.update_target()
+    after = (online - target).abs().mean().item()
+    assert after == pytest.approx(before * model_config.ema_decay, rel=1e-4)
+
+
+def test_shared_target_has_no_copy(model_config, frames):
+    model_config.target = "shared"
+    model = WorldModel(model_config)
+    assert model.target_encoder is None
+    assert torch.equal(model.encode_target(frames), model.encode(frames).detach())
+
+
+def test_save_load_round_trip_reproduces_outputs_exactly(model_config, frames, tmp_path):
+    torch.manual_seed(3)
+    model = WorldModel(model_config).eval()
+    model.save(tmp_path / "m")
+    loaded = WorldModel.load(tmp_path / "m").eval()
+    assert torch.equal(model.encode(frames), loaded.encode(frames))
+    assert torch.equal(model.energy(frames[:, :3], frames[:, 3:]), loaded.energy(frames[:, :3], frames[:, 3:]))
+    a = model.sample_futures(frames[:, :3], 4, 3, generator=torch.Generator().manual_seed(5))
+    b = loaded.sample_futures(frames[:, :3], 4, 3, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a.representations, b.representations) and torch.equal(a.energies, b.energies)
+    # Saving over an existing model replaces it atomically.
+    model.save(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_corrupt_or_missing_checkpoint_gives_clear_error(model_config, tmp_path):
+    model = WorldModel(model_config)
+    model.save(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated
+    with pytest.raises(CheckpointError, match="model.safetensors.*safetensors"):
+        WorldModel.load(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="config.json: not valid JSON"):
+        WorldModel.load(tmp_path / "m")
+    with pytest.raises(CheckpointError, match="not a directory"):
+        WorldModel.load(tmp_path / "nothing-here")
+    # Weights from a different architecture are named, not loaded.
+    model.save(tmp_path / "a")
+    other = debug().model
+    other.encoder.dim = 16
+    WorldModel(other).save(tmp_path / "b")
+    (tmp_path / "a" / "model.safetensors").write_bytes((tmp_path / "b" / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match="shape"):
+        WorldModel.load(tmp_path / "a")

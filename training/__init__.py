@@ -1,0 +1,1 @@
+"""Training: typed run configs and presets, the training loop, checkpoints, experiment tracking and the CLI."""

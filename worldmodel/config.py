@@ -1,0 +1,162 @@
+"""Typed configuration of the world model, one dataclass per component.
+
+Every field is documented where it is declared, so this file is the reference for what the model is.
+The training side (`training/config.py`) nests `ModelConfig` inside its own run config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class EncoderConfig:
+    """Convolutional frame encoder: (3, H, W) frame -> D-dim representation."""
+
+    channels: tuple[int, ...] = (32, 64, 128, 128)
+    """Output channels of each stride-2 conv stage; the image side must be divisible by 2**len(channels)."""
+    dim: int = 128
+    """D, the size of a frame's representation (what the predictor predicts)."""
+    groups: int = 8
+    """GroupNorm groups per conv stage (GroupNorm, not BatchNorm, so EMA targets and DDP need no buffer syncing)."""
+
+
+@dataclass
+class PredictorConfig:
+    """Causal transformer over the past representations; its state at t summarises frames <= t."""
+
+    width: int = 192
+    """Hidden size of the transformer."""
+    depth: int = 3
+    """Number of transformer blocks."""
+    heads: int = 4
+    """Attention heads (width must be divisible by heads)."""
+    max_len: int = 32
+    """Longest sequence (context + rollout) the learned positional embedding supports."""
+    mlp_ratio: float = 4.0
+    """Hidden size of each block's MLP as a multiple of width."""
+    dropout: float = 0.0
+    """Dropout inside attention and MLPs during training."""
+
+
+@dataclass
+class LatentConfig:
+    """The latent z_t that carries what the past cannot determine about frame t+1.
+
+    Two capacity regimes:
+    - `kl`: Gaussian posterior q(z | past, next target) and learned prior p(z | past); the capacity cost is
+      KL(q || p) in nats, floored per step at `free_bits` (below that, z is free, so it is not squeezed to nothing).
+    - `sparse`: deterministic z from an amortised encoder, projected into an L2 ball of radius `max_norm`, with an L1
+      penalty; at inference z is refined by a few projected gradient steps on the energy (LeCun's latent-variable
+      EBM). A Gaussian prior is fitted to the (detached) posterior codes only so that futures can be sampled.
+    """
+
+    capacity: Literal["kl", "sparse"] = "kl"
+    """Which capacity regime limits z (see the class docstring)."""
+    dim: int = 8
+    """Size of z_t."""
+    hidden: int = 192
+    """Hidden size of the prior/posterior MLPs."""
+    free_bits: float = 0.5
+    """kl: nats per step below which the KL is not penalised (Kingma et al. 2016, 'free bits')."""
+    kl_weight: float = 0.05
+    """kl: weight of the (floored) KL in the loss and in the energy."""
+    l1_weight: float = 0.01
+    """sparse: weight of |z|_1 in the loss and in the energy."""
+    max_norm: float = 3.0
+    """sparse: z is projected into the L2 ball of this radius."""
+    infer_steps: int = 0
+    """Gradient steps refining z when computing the energy (0: amortised posterior only; sparse mode uses >= 1)."""
+    infer_lr: float = 0.1
+    """Step size of that refinement."""
+
+
+@dataclass
+class RegularizerConfig:
+    """VICReg-style anti-collapse terms on the online encoder's representations (Bardes et al. 2022)."""
+
+    variance_weight: float = 1.0
+    """Weight of the hinge pushing every dimension's std above `target_std`."""
+    covariance_weight: float = 0.04
+    """Weight of the squared off-diagonal covariance (decorrelates dimensions)."""
+    target_std: float = 1.0
+    """The per-dimension std the variance hinge asks for."""
+
+
+@dataclass
+class DecoderConfig:
+    """Pixel decoder used only to look at predictions; trained on detached target representations."""
+
+    channels: tuple[int, ...] = (128, 64, 32, 32)
+    """Channels of each upsampling stage (same count as the encoder's stages, mirrored)."""
+    weight: float = 1.0
+    """Weight of the pixel MSE in the total loss (its gradient never reaches the encoder)."""
+
+
+@dataclass
+class ModelConfig:
+    """The whole world model."""
+
+    image_size: int = 64
+    """Frames are square image_size x image_size RGB; data sources resize to this."""
+    context_frames: int = 4
+    """Observed frames before the open-loop rollout in the training loss (and the default context for sampling)."""
+    target: Literal["ema", "shared"] = "ema"
+    """Where target representations come from: an EMA copy of the encoder, or the encoder itself (stop-gradient)."""
+    ema_decay: float = 0.99
+    """EMA decay of the target encoder per optimizer step."""
+    prediction_weight: float = 1.0
+    """Weight of the teacher-forced one-step prediction error."""
+    rollout_weight: float = 0.5
+    """Weight of the open-loop prediction error (predictions fed back as inputs) after `context_frames`."""
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    """Frame encoder."""
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    """Causal predictor."""
+    latent: LatentConfig = field(default_factory=LatentConfig)
+    """Latent variable z and its capacity limit."""
+    regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
+    """Anti-collapse regularisation."""
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    """Pixel decoder for visualisation."""
+
+    def validate(self) -> None:
+        """Cross-field checks; raises ValueError naming the field."""
+        stages = len(self.encoder.channels)
+        if self.image_size % (2**stages) != 0:
+            raise ValueError(
+                f"model.image_size={self.image_size} must be divisible by 2**len(model.encoder.channels)={2**stages}"
+            )
+        if len(self.decoder.channels) != stages:
+            raise ValueError(
+                f"model.decoder.channels has {len(self.decoder.channels)} stages, expected {stages} "
+                "(one per encoder stage)"
+            )
+        if self.predictor.width % self.predictor.heads != 0:
+            raise ValueError(
+                f"model.predictor.width={self.predictor.width} must be divisible by "
+                f"model.predictor.heads={self.predictor.heads}"
+            )
+        for name, channels in (("encoder", self.encoder.channels),):
+            for c in channels:
+                if c % self.encoder.groups != 0:
+                    raise ValueError(
+                        f"model.{name}.channels={channels}: each must be divisible by model.encoder.groups="
+                        f"{self.encoder.groups}"
+                    )
+        if self.context_frames < 1:
+            raise ValueError(f"model.context_frames must be >= 1, got {self.context_frames}")
+        if self.context_frames >= self.predictor.max_len:
+            raise ValueError(
+                f"model.context_frames={self.context_frames} must be < model.predictor.max_len="
+                f"{self.predictor.max_len}"
+            )
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"model.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.latent.dim < 1:
+            raise ValueError(f"model.latent.dim must be >= 1, got {self.latent.dim}")
+        if self.latent.capacity == "sparse" and self.latent.max_norm <= 0:
+            raise ValueError(f"model.latent.max_norm must be > 0, got {self.latent.max_norm}")
+        if self.latent.free_bits < 0:
+            raise ValueError(f"model.latent.free_bits must be >= 0, got {self.latent.free_bits}")

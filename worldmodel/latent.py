@@ -1,0 +1,153 @@
+"""The latent variable z_t: amortised posterior, learned prior, and the capacity cost that keeps z small.
+
+z_t is meant to carry only what the past cannot determine about the next frame (a random kick, which way a fork
+goes). The posterior sees the true next target representation, so without a capacity limit it could simply copy
+the future into z; the capacity cost is what stops that leak:
+- `kl`:     cost = KL(q(z | h_t, s_{t+1}) || p(z | h_t)) in nats, floored per step at `free_bits`.
+- `sparse`: cost = l1_weight * |z|_1 with z projected into an L2 ball of radius max_norm.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import LatentConfig
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+@dataclass
+class Gaussian:
+    """Diagonal Gaussian, mean and std of shape (..., Z)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        return self.mean + self.std * noise
+
+    def rsample(self) -> torch.Tensor:
+        return self.mean + self.std * torch.randn_like(self.mean)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """Sum over the last axis: (...,)."""
+        normalized = (value - self.mean) / self.std
+        return (-0.5 * normalized**2 - self.std.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def gaussian_kl(q: Gaussian, p: Gaussian) -> torch.Tensor:
+    """KL(q || p) in nats, summed over the last axis: (...,)."""
+    variance_ratio = (q.std / p.std) ** 2
+    mean_term = ((q.mean - p.mean) / p.std) ** 2
+    return 0.5 * (variance_ratio + mean_term - 1.0 - variance_ratio.log()).sum(-1)
+
+
+def free_bits_floor(kl: torch.Tensor, free_bits: float) -> torch.Tensor:
+    """Per-step floor: a step whose KL is below `free_bits` costs exactly `free_bits` and passes no gradient."""
+    return kl.clamp(min=free_bits)
+
+
+def project_to_ball(z: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """Scale each z (last axis) into the L2 ball of radius max_norm (identity inside it)."""
+    norm = z.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+    return z * (max_norm / norm).clamp(max=1.0)
+
+
+class GaussianHead(nn.Module):
+    """MLP -> diagonal Gaussian; log-std is squashed into a bounded range so KLs stay finite."""
+
+    def __init__(self, in_features: int, latent_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_features, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+            nn.Linear(hidden, 2 * latent_dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> Gaussian:
+        mean, raw_log_std = self.net(x).chunk(2, dim=-1)
+        log_std = LOG_STD_MIN + (LOG_STD_MAX - LOG_STD_MIN) * torch.sigmoid(raw_log_std)
+        return Gaussian(mean, log_std.exp())
+
+
+class Latent(nn.Module):
+    """Prior p(z_t | h_t) and posterior q(z_t | h_t, s_{t+1}) for one capacity regime."""
+
+    def __init__(self, config: LatentConfig, *, width: int, dim: int) -> None:
+        super().__init__()
+        self.config = config
+        self.prior = GaussianHead(width, config.dim, config.hidden)
+        self.posterior = GaussianHead(width + dim, config.dim, config.hidden)
+
+    def infer(self, summary: torch.Tensor, next_target: torch.Tensor) -> Gaussian:
+        """Posterior over z_t given the past summary h_t and the true next target representation."""
+        posterior = self.posterior(torch.cat([summary, next_target], dim=-1))
+        if self.config.capacity == "sparse":
+            # Deterministic code: the std is meaningless here and is fixed so that shapes stay uniform.
+            return Gaussian(project_to_ball(posterior.mean, self.config.max_norm), torch.ones_like(posterior.std))
+        return posterior
+
+    def training_code(self, posterior: Gaussian) -> torch.Tensor:
+        """The z used in the training loss: a reparameterised sample (kl) or the code itself (sparse)."""
+        return posterior.rsample() if self.config.capacity == "kl" else posterior.mean
+
+    def cost(self, z_mean: torch.Tensor, posterior_std: torch.Tensor, prior: Gaussian) -> torch.Tensor:
+        """Unweighted capacity in natural units per step (..., ): nats of KL, or |z|_1."""
+        if self.config.capacity == "kl":
+            return gaussian_kl(Gaussian(z_mean, posterior_std), prior)
+        return z_mean.abs().sum(-1)
+
+    @property
+    def cost_weight(self) -> float:
+        return self.config.kl_weight if self.config.capacity == "kl" else self.config.l1_weight
+
+    def capacity_loss(self, cost: torch.Tensor) -> torch.Tensor:
+        """Weighted, free-bits-floored capacity term for the training loss (scalar)."""
+        if self.config.capacity == "kl":
+            cost = free_bits_floor(cost, self.config.free_bits)
+        return self.cost_weight * cost.mean()
+
+    def prior_fit_loss(self, prior: Gaussian, posterior: Gaussian) -> torch.Tensor:
+        """sparse only: fit the sampling prior to the detached codes by maximum likelihood; 0 for kl (the KL trains it)."""
+        if self.config.capacity == "kl":
+            return prior.mean.new_zeros(())
+        return -prior.log_prob(posterior.mean.detach()).mean() / self.config.dim
+
+    def sample_prior(self, prior: Gaussian, *, generator: torch.Generator | None, deterministic: bool) -> torch.Tensor:
+        z = prior.mean if deterministic else prior.sample(generator)
+        if self.config.capacity == "sparse":
+            z = project_to_ball(z, self.config.max_norm)
+        return z
+
+    def refine(
+        self,
+        z: torch.Tensor,
+        posterior_std: torch.Tensor,
+        prior: Gaussian,
+        distance_fn,
+    ) -> torch.Tensor:
+        """A few projected gradient steps on distance_fn(z) + weight * cost(z): the 'min over z' of the energy.
+
+        Everything but z is detached, so this never trains the model; it runs under enable_grad so it also works
+        inside torch.no_grad() evaluation code.
+        """
+        steps = self.config.infer_steps
+        if steps == 0:
+            return z
+        prior = Gaussian(prior.mean.detach(), prior.std.detach())
+        posterior_std = posterior_std.detach()
+        with torch.enable_grad():
+            z = z.detach().clone().requires_grad_(True)
+            for _ in range(steps):
+                objective = distance_fn(z) + self.cost_weight * self.cost(z, posterior_std, prior)
+                (grad,) = torch.autograd.grad(objective.sum(), z)
+                with torch.no_grad():
+                    z -= self.config.infer_lr * grad
+                    if self.config.capacity == "sparse":
+                        z.copy_(project_to_ball(z, self.config.max_norm))
+        return z.detach()

@@ -1,0 +1,329 @@
+"""The latent-variable joint-embedding world model.
+
+Pieces (see README "Architecture"):
+    frames --encoder--> s_t (online)        frames --target encoder (EMA, no grad)--> s̄_t
+    s_1..s_t --causal transformer--> h_t
+    z_t ~ q(z | h_t, s̄_{t+1}) in training, ~ p(z | h_t) when sampling
+    ŝ_{t+1} = s_t + f(h_t, z_t)
+Energy of a future given a context:
+    F(context, future) = Σ_t min_z [ ||ŝ_{t+1}(z) - s̄_{t+1}||² / D + weight * capacity(z) ]
+where the min over z is the amortised posterior (plus optional gradient refinement), as in LeCun's
+latent-variable energy-based models. Lower energy = the model finds that future more plausible.
+
+Frames everywhere are torch tensors laid out (B, T, 3, H, W): uint8 in [0, 255] or float in [0, 1].
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import regularizers
+from .config import ModelConfig
+from .decoder import PixelDecoder
+from .encoder import FrameEncoder
+from .latent import Gaussian, Latent
+from .predictor import PastEncoder, TransitionHead
+
+
+@dataclass
+class SampledFutures:
+    """Futures sampled from the prior for each context.
+
+    representations: (B, N, H, D) predicted target-space representations of the H future frames.
+    energies:        (B, N) energy of each sampled trajectory (lower = more plausible); see `WorldModel.sample_futures`.
+    latents:         (B, N, H, Z) the z used at each step.
+    """
+
+    representations: torch.Tensor
+    energies: torch.Tensor
+    latents: torch.Tensor
+
+    def ranking(self) -> torch.Tensor:
+        """(B, N) sample indices ordered from lowest to highest energy."""
+        return self.energies.argsort(dim=-1)
+
+
+def distance(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the representation axis: (..., D) -> (...)."""
+    return (prediction.float() - target.float()).pow(2).mean(-1)
+
+
+class WorldModel(nn.Module):
+    """Encoder + EMA target encoder + causal predictor + latent z + pixel decoder. See the module docstring."""
+
+    # The loss terms and the config weight that scales each; `loss` asserts it produced exactly these.
+    LOSS_TERMS = ("prediction", "rollout", "capacity", "prior_fit", "variance", "covariance", "reconstruction")
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        dim = config.encoder.dim
+        self.encoder = FrameEncoder(config.encoder, image_size=config.image_size)
+        self.target_encoder: FrameEncoder | None = None
+        if config.target == "ema":
+            self.target_encoder = copy.deepcopy(self.encoder)
+            self.target_encoder.requires_grad_(False)
+        self.past = PastEncoder(config.predictor, dim=dim)
+        self.latent = Latent(config.latent, width=config.predictor.width, dim=dim)
+        self.transition = TransitionHead(
+            width=config.predictor.width, latent_dim=config.latent.dim, dim=dim, hidden=config.latent.hidden
+        )
+        self.decoder = PixelDecoder(config.decoder, dim=dim, image_size=config.image_size)
+
+    # ------------------------------------------------------------------ frames and representations
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def prepare_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """Check layout and convert to float in [0, 1] on the model's device: (B, T, 3, H, W)."""
+        if not isinstance(frames, torch.Tensor):
+            raise TypeError(f"frames must be a torch.Tensor laid out (B, T, 3, H, W), got {type(frames).__name__}")
+        if frames.ndim == 4:
+            frames = frames.unsqueeze(0)
+        size = self.config.image_size
+        if frames.ndim != 5 or frames.shape[2] != 3 or frames.shape[3] != size or frames.shape[4] != size:
+            raise ValueError(
+                f"frames must be laid out (B, T, 3, {size}, {size}) (or (T, 3, {size}, {size})), "
+                f"got shape {tuple(frames.shape)}"
+            )
+        frames = frames.to(self.device, non_blocking=True)
+        if frames.dtype == torch.uint8:
+            return frames.float().div_(255.0)
+        if not frames.is_floating_point():
+            raise ValueError(f"frames must be uint8 in [0, 255] or float in [0, 1], got dtype {frames.dtype}")
+        return frames.float()
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """Online encoder: frames (B, T, 3, H, W) -> representations (B, T, D)."""
+        return self.encoder(self.prepare_frames(frames))
+
+    @torch.no_grad()
+    def encode_target(self, frames: torch.Tensor) -> torch.Tensor:
+        """Target representations (EMA encoder, or the online one under stop-gradient): (B, T, D)."""
+        encoder = self.target_encoder if self.target_encoder is not None else self.encoder
+        return encoder(self.prepare_frames(frames)).float()
+
+    def decode(self, representations: torch.Tensor) -> torch.Tensor:
+        """Pixel decoder: (B, T, D) -> frames (B, T, 3, H, W) float in [0, 1]."""
+        return self.decoder(representations)
+
+    @torch.no_grad()
+    def update_target(self) -> None:
+        """EMA step of the target encoder; call after every optimizer step."""
+        if self.target_encoder is None:
+            return
+        decay = self.config.ema_decay
+        for target, online in zip(self.target_encoder.parameters(), self.encoder.parameters()):
+            target.lerp_(online.detach(), 1.0 - decay)
+
+    # ------------------------------------------------------------------ prediction
+    def step(
+        self, inputs: torch.Tensor, z: torch.Tensor, summary: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One-step predictions for every position: inputs (B, T, D), z (B, T, Z) -> ŝ_{t+1} (B, T, D)."""
+        if summary is None:
+            summary = self.past(inputs)
+        return self.transition(summary, z, inputs)
+
+    def rollout(
+        self,
+        context: torch.Tensor,
+        horizon: int,
+        *,
+        latents: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        deterministic: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Open-loop prediction: each prediction is fed back as the next input.
+
+        context: (B, C, D) representations. latents: (B, horizon, Z) to use given z's; otherwise z is drawn from
+        the prior (its mean if deterministic). Returns (predictions (B, horizon, D), latents (B, horizon, Z)).
+        """
+        sequence = context
+        predictions, used = [], []
+        for k in range(horizon):
+            summary = self.past(sequence)[:, -1]  # (B, width): h at the last known/predicted frame
+            if latents is not None:
+                z = latents[:, k]
+            else:
+                prior = self.latent.prior(summary)
+                z = self.latent.sample_prior(prior, generator=generator, deterministic=deterministic)
+            prediction = self.transition(summary, z, sequence[:, -1])  # (B, D)
+            predictions.append(prediction)
+            used.append(z)
+            sequence = torch.cat([sequence, prediction.unsqueeze(1).to(sequence.dtype)], dim=1)
+        return torch.stack(predictions, dim=1), torch.stack(used, dim=1)
+
+    # ------------------------------------------------------------------ training objective
+    def loss(
+        self, batch: dict[str, torch.Tensor] | torch.Tensor, *, telemetry: bool = True
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Training loss on a window of frames (B, T, 3, H, W), T > context_frames.
+
+        Returns (total loss, metrics) where metrics holds every unweighted loss term under `loss/<name>` plus
+        telemetry: KL nats, copy-last baseline error, effective rank, per-dim std. With telemetry=False the
+        metrics dict is empty, which saves the host syncs and the SVD on steps that are not logged.
+        """
+        config = self.config
+        frames = self.prepare_frames(batch["frames"] if isinstance(batch, dict) else batch)
+        length = frames.shape[1]
+        context = config.context_frames
+        if length <= context:
+            raise ValueError(
+                f"a training window needs more than model.context_frames={context} frames, got {length}"
+            )
+        online = self.encode(frames)  # (B, T, D)
+        target = self.encode_target(frames)  # (B, T, D), no grad
+
+        inputs, next_target = online[:, :-1], target[:, 1:]  # predict s̄_{t+1} from s_{<=t}
+        summary = self.past(inputs)  # (B, T-1, width)
+        prior = self.latent.prior(summary)
+        posterior = self.latent.infer(summary, next_target)
+        z = self.latent.training_code(posterior)  # (B, T-1, Z)
+        prediction = self.transition(summary, z, inputs)  # (B, T-1, D)
+        capacity = self.latent.cost(posterior.mean, posterior.std, prior)  # (B, T-1) nats or |z|_1
+
+        # Open loop from the context: predictions are fed back, z is the posterior's code for each step.
+        rolled, _ = self.rollout(online[:, :context], length - context, latents=z[:, context - 1 :])
+
+        weights = {
+            "prediction": config.prediction_weight,
+            "rollout": config.rollout_weight,
+            "capacity": 1.0,  # the capacity term carries its own kl_weight / l1_weight
+            "prior_fit": 1.0,
+            "variance": config.regularizer.variance_weight,
+            "covariance": config.regularizer.covariance_weight,
+            "reconstruction": config.decoder.weight,
+        }
+        losses = {
+            "prediction": distance(prediction, next_target).mean(),
+            "rollout": distance(rolled, target[:, context:]).mean(),
+            "capacity": self.latent.capacity_loss(capacity),
+            "prior_fit": self.latent.prior_fit_loss(prior, posterior),
+            "variance": regularizers.variance_loss(online, config.regularizer.target_std),
+            "covariance": regularizers.covariance_loss(online),
+            # Detached: the decoder learns to render representations, it never shapes them.
+            "reconstruction": (self.decode(target.detach()) - frames).pow(2).mean(),
+        }
+        assert losses.keys() == weights.keys() == set(self.LOSS_TERMS), "loss terms and weights must match"
+        total = sum(weights[name] * value for name, value in losses.items())
+        if not telemetry:
+            return total, {}
+
+        with torch.no_grad():
+            prior_prediction = self.transition(summary, prior.mean, inputs)
+            stds = regularizers.per_dim_std(online)
+            metrics = {f"loss/{name}": float(value) for name, value in losses.items()}
+            metrics.update(
+                {
+                    "loss/total": float(total),
+                    "error/prediction": float(distance(prediction, next_target).mean()),
+                    "error/prior_mean_prediction": float(distance(prior_prediction, next_target).mean()),
+                    "error/copy_last": float(distance(target[:, :-1], next_target).mean()),
+                    "error/rollout": float(losses["rollout"]),
+                    "latent/capacity": float(capacity.mean()),
+                    "collapse/effective_rank": regularizers.effective_rank(online),
+                    "collapse/std_mean": float(stds.mean()),
+                    "collapse/std_min": float(stds.min()),
+                }
+            )
+            if config.latent.capacity == "kl":
+                metrics["latent/kl_nats"] = metrics["latent/capacity"]
+        return total, metrics
+
+    # ------------------------------------------------------------------ energy
+    def energy_of_representations(
+        self, inputs: torch.Tensor, targets: torch.Tensor, start: int
+    ) -> torch.Tensor:
+        """Per-step energy of targets[:, start:] given everything before: (B, T - start).
+
+        inputs: (B, T, D) representations fed to the predictor (online space); targets: (B, T, D) target-space
+        representations the predictions are compared with. z is the posterior's code, refined by
+        `latent.infer_steps` gradient steps; each step's energy is distance + weight * capacity.
+        """
+        if not 1 <= start < inputs.shape[1]:
+            raise ValueError(f"start must be in [1, {inputs.shape[1] - 1}], got {start}")
+        inputs, targets = inputs[:, :-1].float(), targets[:, 1:].float()
+        summary = self.past(inputs)[:, start - 1 :]
+        current, next_target = inputs[:, start - 1 :], targets[:, start - 1 :]
+        prior = self.latent.prior(summary)
+        posterior = self.latent.infer(summary, next_target)
+
+        def step_distance(z: torch.Tensor) -> torch.Tensor:
+            return distance(self.transition(summary.detach(), z, current.detach()), next_target)
+
+        z = self.latent.refine(posterior.mean, posterior.std, prior, step_distance)
+        capacity = self.latent.cost(z, posterior.std, prior)
+        return step_distance(z) + self.latent.cost_weight * capacity
+
+    @torch.no_grad()
+    def energy(self, context: torch.Tensor, future: torch.Tensor, *, reduction: str = "sum") -> torch.Tensor:
+        """F(context, future): context (B, C, 3, H, W), future (B, F, 3, H, W) -> (B,) (or (B, F) per step
+        with reduction="none"). Lower means the model finds the future more plausible given the context."""
+        context, future = self.prepare_frames(context), self.prepare_frames(future)
+        if context.shape[0] != future.shape[0]:
+            raise ValueError(f"context batch {context.shape[0]} != future batch {future.shape[0]}")
+        frames = torch.cat([context, future], dim=1)
+        per_step = self.energy_of_representations(self.encode(frames), self.encode_target(frames), context.shape[1])
+        if reduction == "none":
+            return per_step
+        if reduction == "sum":
+            return per_step.sum(-1)
+        raise ValueError(f"reduction must be 'sum' or 'none', got {reduction!r}")
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample_futures(
+        self,
+        context_frames: torch.Tensor,
+        num_samples: int,
+        horizon: int,
+        *,
+        generator: torch.Generator | None = None,
+        deterministic: bool = False,
+    ) -> SampledFutures:
+        """Sample `num_samples` futures of `horizon` steps per context, z drawn from the learned prior.
+
+        context_frames: (B, C, 3, H, W) or (C, 3, H, W). Each sample's energy is the energy of its own predicted
+        trajectory given the context (the posterior re-infers z from the predicted representations), so
+        samples that needed unlikely z's under the prior rank worse.
+        """
+        if num_samples < 1 or horizon < 1:
+            raise ValueError(f"num_samples and horizon must be >= 1, got {num_samples}, {horizon}")
+        context = self.encode(context_frames)  # (B, C, D)
+        batch, length, dim = context.shape
+        repeated = context.repeat_interleave(num_samples, dim=0)  # (B*N, C, D)
+        predictions, latents = self.rollout(repeated, horizon, generator=generator, deterministic=deterministic)
+        target_context = self.encode_target(context_frames).repeat_interleave(num_samples, dim=0)
+        inputs = torch.cat([repeated, predictions], dim=1)  # (B*N, C+H, D)
+        targets = torch.cat([target_context, predictions], dim=1)
+        energies = self.energy_of_representations(inputs, targets, length).sum(-1)  # (B*N,)
+        return SampledFutures(
+            representations=predictions.reshape(batch, num_samples, horizon, dim),
+            energies=energies.reshape(batch, num_samples),
+            latents=latents.reshape(batch, num_samples, horizon, -1),
+        )
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: str | Path) -> Path:
+        """Write config.json + model.safetensors into `directory` (atomically, see worldmodel.serialization)."""
+        from .serialization import save_model
+
+        return save_model(self, directory)
+
+    @classmethod
+    def load(cls, directory: str | Path, *, map_location: str | torch.device = "cpu") -> "WorldModel":
+        """Rebuild a model saved with `save` (safetensors weights only; nothing is unpickled)."""
+        from .serialization import load_model
+
+        return load_model(cls, directory, map_location=map_location)
+
+
+__all__ = ["WorldModel", "SampledFutures", "Gaussian", "distance"]
