@@ -111,7 +111,7 @@ def _sanitize_key(key: Any) -> str:
     if len(clean) > _MAX_KEY_LEN:
         # A hash of the full key keeps long keys sharing a prefix from colliding.
         digest = hashlib.sha1(raw.encode("utf-8")).hexdigest()[:8]
-        clean = clean[: _MAX_KEY_LEN - 9] + "~" + digest
+        clean = clean[: _MAX_KEY_LEN - 9] + "-" + digest
     return clean
 
 
