@@ -86,6 +86,9 @@ def train_batches(
         num_workers=config.data.num_workers,
         pin_memory=pin_memory,
         persistent_workers=config.data.num_workers > 0,
+        # Its own generator: creating the loader iterator must not draw from the global torch RNG, or a resumed
+        # run (which creates it after restoring the RNG) would diverge from an uninterrupted one.
+        generator=torch.Generator().manual_seed(config.run.seed),
     )
     return iter(loader)
 

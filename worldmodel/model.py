@@ -4,7 +4,7 @@ Pieces (see README "Architecture"):
     frames --encoder--> s_t (online)        frames --target encoder (EMA, no grad)--> s̄_t
     s_1..s_t --causal transformer--> h_t
     z_t ~ q(z | h_t, s̄_{t+1}) in training, ~ p(z | h_t) when sampling
-    ŝ_{t+1} = s_t + f(h_t, z_t)
+    ŝ_{t+1} = s̄_t + f(h_t, z_t)      (residual from the target representation; rollouts start from ŝ_t)
 Energy of a future given a context:
     F(context, future) = Σ_t min_z [ ||ŝ_{t+1}(z) - s̄_{t+1}||² / D + weight * capacity(z) ]
 where the min over z is the amortised posterior (plus optional gradient refinement), as in LeCun's
@@ -124,17 +124,10 @@ class WorldModel(nn.Module):
             target.lerp_(online.detach(), 1.0 - decay)
 
     # ------------------------------------------------------------------ prediction
-    def step(
-        self, inputs: torch.Tensor, z: torch.Tensor, summary: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """One-step predictions for every position: inputs (B, T, D), z (B, T, Z) -> ŝ_{t+1} (B, T, D)."""
-        if summary is None:
-            summary = self.past(inputs)
-        return self.transition(summary, z, inputs)
-
     def rollout(
         self,
         context: torch.Tensor,
+        last_target: torch.Tensor,
         horizon: int,
         *,
         latents: torch.Tensor | None = None,
@@ -143,10 +136,12 @@ class WorldModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Open-loop prediction: each prediction is fed back as the next input.
 
-        context: (B, C, D) representations. latents: (B, horizon, Z) to use given z's; otherwise z is drawn from
-        the prior (its mean if deterministic). Returns (predictions (B, horizon, D), latents (B, horizon, Z)).
+        context: (B, C, D) online representations of the observed frames; last_target: (B, D) the target
+        representation of the last observed frame (the base the first residual prediction starts from).
+        latents: (B, horizon, Z) to use given z's; otherwise z is drawn from the prior (its mean if
+        deterministic). Returns (predictions (B, horizon, D), latents (B, horizon, Z)).
         """
-        sequence = context
+        sequence, base = context, last_target
         predictions, used = [], []
         for k in range(horizon):
             summary = self.past(sequence)[:, -1]  # (B, width): h at the last known/predicted frame
@@ -155,10 +150,10 @@ class WorldModel(nn.Module):
             else:
                 prior = self.latent.prior(summary)
                 z = self.latent.sample_prior(prior, generator=generator, deterministic=deterministic)
-            prediction = self.transition(summary, z, sequence[:, -1])  # (B, D)
-            predictions.append(prediction)
+            base = self.transition(summary, z, base)  # (B, D)
+            predictions.append(base)
             used.append(z)
-            sequence = torch.cat([sequence, prediction.unsqueeze(1).to(sequence.dtype)], dim=1)
+            sequence = torch.cat([sequence, base.unsqueeze(1).to(sequence.dtype)], dim=1)
         return torch.stack(predictions, dim=1), torch.stack(used, dim=1)
 
     # ------------------------------------------------------------------ training objective
@@ -182,16 +177,20 @@ class WorldModel(nn.Module):
         online = self.encode(frames)  # (B, T, D)
         target = self.encode_target(frames)  # (B, T, D), no grad
 
-        inputs, next_target = online[:, :-1], target[:, 1:]  # predict s̄_{t+1} from s_{<=t}
+        # Predict s̄_{t+1} from s_{<=t}; the residual starts from s̄_t, so predictions live in target space and
+        # the encoder is shaped only through the summary h_t (the JEPA way: no gradient through targets).
+        inputs, current, next_target = online[:, :-1], target[:, :-1], target[:, 1:]
         summary = self.past(inputs)  # (B, T-1, width)
         prior = self.latent.prior(summary)
         posterior = self.latent.infer(summary, next_target)
         z = self.latent.training_code(posterior)  # (B, T-1, Z)
-        prediction = self.transition(summary, z, inputs)  # (B, T-1, D)
+        prediction = self.transition(summary, z, current)  # (B, T-1, D)
         capacity = self.latent.cost(posterior.mean, posterior.std, prior)  # (B, T-1) nats or |z|_1
 
         # Open loop from the context: predictions are fed back, z is the posterior's code for each step.
-        rolled, _ = self.rollout(online[:, :context], length - context, latents=z[:, context - 1 :])
+        rolled, _ = self.rollout(
+            online[:, :context], target[:, context - 1], length - context, latents=z[:, context - 1 :]
+        )
 
         weights = {
             "prediction": config.prediction_weight,
@@ -218,7 +217,7 @@ class WorldModel(nn.Module):
             return total, {}
 
         with torch.no_grad():
-            prior_prediction = self.transition(summary, prior.mean, inputs)
+            prior_prediction = self.transition(summary, prior.mean, current)
             stds = regularizers.per_dim_std(online)
             metrics = {f"loss/{name}": float(value) for name, value in losses.items()}
             metrics.update(
@@ -245,14 +244,13 @@ class WorldModel(nn.Module):
         """Per-step energy of targets[:, start:] given everything before: (B, T - start).
 
         inputs: (B, T, D) representations fed to the predictor (online space); targets: (B, T, D) target-space
-        representations the predictions are compared with. z is the posterior's code, refined by
+        representations the predictions start from and are compared with. z is the posterior's code, refined by
         `latent.infer_steps` gradient steps; each step's energy is distance + weight * capacity.
         """
         if not 1 <= start < inputs.shape[1]:
             raise ValueError(f"start must be in [1, {inputs.shape[1] - 1}], got {start}")
-        inputs, targets = inputs[:, :-1].float(), targets[:, 1:].float()
-        summary = self.past(inputs)[:, start - 1 :]
-        current, next_target = inputs[:, start - 1 :], targets[:, start - 1 :]
+        summary = self.past(inputs[:, :-1].float())[:, start - 1 :]
+        current, next_target = targets[:, start - 1 : -1].float(), targets[:, start:].float()
         prior = self.latent.prior(summary)
         posterior = self.latent.infer(summary, next_target)
 
@@ -300,8 +298,10 @@ class WorldModel(nn.Module):
         context = self.encode(context_frames)  # (B, C, D)
         batch, length, dim = context.shape
         repeated = context.repeat_interleave(num_samples, dim=0)  # (B*N, C, D)
-        predictions, latents = self.rollout(repeated, horizon, generator=generator, deterministic=deterministic)
         target_context = self.encode_target(context_frames).repeat_interleave(num_samples, dim=0)
+        predictions, latents = self.rollout(
+            repeated, target_context[:, -1], horizon, generator=generator, deterministic=deterministic
+        )
         inputs = torch.cat([repeated, predictions], dim=1)  # (B*N, C+H, D)
         targets = torch.cat([target_context, predictions], dim=1)
         energies = self.energy_of_representations(inputs, targets, length).sum(-1)  # (B*N,)

@@ -76,7 +76,7 @@ class PastEncoder(nn.Module):
 
 
 class TransitionHead(nn.Module):
-    """(h_t, z_t, s_t) -> predicted s_{t+1}, as a residual on s_t (motion is a small change of the frame)."""
+    """(h_t, z_t, base) -> predicted s̄_{t+1} as a residual on base = s̄_t (motion is a small change of a frame)."""
 
     def __init__(self, *, width: int, latent_dim: int, dim: int, hidden: int) -> None:
         super().__init__()
