@@ -170,3 +170,29 @@ def test_corrupt_or_missing_checkpoint_gives_clear_error(model_config, tmp_path)
     (tmp_path / "a" / "model.safetensors").write_bytes((tmp_path / "b" / "model.safetensors").read_bytes())
     with pytest.raises(CheckpointError, match="shape"):
         WorldModel.load(tmp_path / "a")
+
+
+def test_action_conditioning_shapes_errors_and_effect(model_config, frames):
+    import dataclasses
+
+    config = dataclasses.replace(model_config, action_dim=2)
+    torch.manual_seed(0)
+    model = WorldModel(config).eval()
+    actions = torch.randn(4, 6, 2)
+    loss, metrics = model.loss({"frames": frames, "actions": actions})
+    assert torch.isfinite(loss) and "error/prediction" in metrics
+    # Missing actions, wrong action size, or actions given to a model without them: named errors.
+    with pytest.raises(ValueError, match="action-conditioned"):
+        model.loss({"frames": frames})
+    with pytest.raises(ValueError, match=r"A=2"):
+        model.energy(frames[:, :3], frames[:, 3:], actions=torch.randn(4, 5, 3))
+    with pytest.raises(ValueError, match="action_dim=0"):
+        WorldModel(model_config).energy(frames[:, :3], frames[:, 3:], actions=actions)
+    # The action reaches the prediction: other actions, other energies and other sampled futures.
+    energy = model.energy(frames[:, :3], frames[:, 3:], actions=actions[:, :5])
+    other = model.energy(frames[:, :3], frames[:, 3:], actions=-actions[:, :5])
+    assert energy.shape == (4,) and not torch.allclose(energy, other)
+    futures = model.sample_futures(frames[:, :3], 3, 2, actions=actions[:, :4], deterministic=True)
+    flipped = model.sample_futures(frames[:, :3], 3, 2, actions=-actions[:, :4], deterministic=True)
+    assert futures.representations.shape == (4, 3, 2, config.encoder.dim)
+    assert (futures.representations - flipped.representations).abs().max() > 1e-4

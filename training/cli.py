@@ -43,6 +43,8 @@ def command_train(args: argparse.Namespace) -> int:
 
 
 def _print_result(result) -> None:
+    if result.rank != 0 or result.interrupted:  # rank 0 reports for a torchrun job; a stopped run said why
+        return
     print(f"model saved to {result.model_dir}")
     if result.history:
         last = result.history[-1]
@@ -130,6 +132,10 @@ def parser() -> argparse.ArgumentParser:
     demo_parser.add_argument("--steps", type=int, default=0, help="override run.steps")
     demo_parser.add_argument("overrides", nargs="*", metavar="key=value")
     demo_parser.set_defaults(handler=command_demo)
+
+    from .cli_data import add_data_parser
+
+    add_data_parser(commands)
     return root
 
 
@@ -140,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except FloatingPointError as error:  # training.trainer.NonFiniteLossError: the message says what to do
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

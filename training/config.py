@@ -22,14 +22,43 @@ from worldmodel.config import DecoderConfig, EncoderConfig, LatentConfig, ModelC
 class DataConfig:
     """Where training windows come from and how they are batched."""
 
-    source: Literal["bouncing_balls"] = "bouncing_balls"
-    """Video source. `bouncing_balls`: the stochastic 2D physics simulator in envs/."""
+    source: Literal["bouncing_balls", "gym", "recorded"] = "bouncing_balls"
+    """Video source. `bouncing_balls`: the stochastic 2D physics simulator in envs/. `gym`: episodes of a gymnasium
+    env (data.env_id ...) recorded with its actions. `recorded`: a folder of video files (data.path)."""
     balls: BallsConfig = field(default_factory=BallsConfig)
-    """Simulator settings (its image_size must equal model.image_size)."""
+    """bouncing_balls: simulator settings (its image_size must equal model.image_size)."""
     num_clips: int = 2000
-    """Clips generated for training + validation."""
+    """bouncing_balls: clips generated for training + validation."""
     clip_length: int = 32
-    """Frames per clip."""
+    """bouncing_balls: frames per clip (gym episodes and video files have their own lengths)."""
+    path: str = ""
+    """recorded: folder of videos (searched recursively) or one video file. gym: a recording directory written by
+    `worldmodel data gym` (empty: record data.episodes episodes of data.env_id into data.cache_dir)."""
+    fps: float = 0.0
+    """recorded: resample every file to this frame rate by timestamps (0: keep every decoded frame)."""
+    crop: bool = True
+    """recorded: centre-crop frames to a square before resizing to model.image_size (False: squeeze the whole
+    frame). gym frames are always squeezed whole."""
+    on_bad_file: Literal["error", "skip"] = "error"
+    """recorded: `error` stops at the first unusable file (named); `skip` leaves such files out with a warning."""
+    max_bad_fraction: float = 0.1
+    """recorded, on_bad_file=skip: fail anyway when more than this fraction of the files is unusable."""
+    env_id: str = "CartPole-v1"
+    """gym: environment id (any gymnasium env with an rgb_array render mode)."""
+    episodes: int = 200
+    """gym: episodes to record; each is one clip, so windows never span two episodes."""
+    policy: Literal["random", "scripted"] = "random"
+    """gym: `random` uniform actions, or `scripted` (a controller for CartPole/Pendulum/Acrobot/MountainCar that
+    acts randomly 20% of the time)."""
+    frame_skip: int = 1
+    """gym: env steps per recorded frame, the action held (rewards summed)."""
+    max_episode_steps: int = 0
+    """gym: time limit in env steps (0: the env's own)."""
+    actions: bool = True
+    """gym: hand each window's actions to the model ("actions", (window, A) floats; discrete actions one-hot) and
+    size model.action_dim from the env's action space. False: train without action conditioning."""
+    window_stride: int = 1
+    """gym, recorded: a training window starts every this many frames of a clip."""
     val_fraction: float = 0.1
     """Fraction of clips held out for validation (split by clip, never by frame)."""
     horizon: int = 4
@@ -41,7 +70,23 @@ class DataConfig:
     seed: int = 0
     """Seed of clip generation (the clip set is a pure function of it and the simulator settings)."""
     cache_dir: str = ".cache/worldmodel"
-    """Where generated clips are cached (a file per distinct simulator config/seed/size)."""
+    """Where generated clips, gym recordings and decoded videos are cached (keyed by everything that determines
+    their content; a video's key includes its path, size and mtime)."""
+
+    def validate(self) -> None:
+        """Checks of the data fields alone; raises ValueError naming the field."""
+        if self.source == "recorded" and not self.path:
+            raise ValueError("data.path must name a folder of video files when data.source=recorded")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ValueError(f"data.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
+        if not self.fps >= 0.0:
+            raise ValueError(f"data.fps must be >= 0 (0: every decoded frame), got {self.fps}")
+        for name, low in (("episodes", 1), ("frame_skip", 1), ("max_episode_steps", 0), ("window_stride", 1),
+                          ("num_workers", 0), ("seed", 0)):
+            if getattr(self, name) < low:
+                raise ValueError(f"data.{name} must be >= {low}, got {getattr(self, name)}")
+        if self.source == "gym" and not self.env_id:
+            raise ValueError("data.env_id must name a gymnasium environment when data.source=gym")
 
 
 @dataclass
@@ -82,8 +127,33 @@ class RunConfig:
     """Write a video of sampled futures at the end and log it as an artifact."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: CUDA if available, else CPU."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """auto: bf16 autocast on CUDA, fp32 on CPU."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """auto: bf16 autocast on CUDA, fp32 on CPU. fp16: float16 autocast with a gradient scaler (for GPUs without
+    bf16; the scaler's state is checkpointed, and overflowing steps are skipped by it rather than failing)."""
+    compile: Literal["auto", True, False] = "auto"
+    """torch.compile the training step (forward + backward, DDP included): auto = on for CUDA, off on CPU (compiling
+    costs minutes on a CPU and buys little there). Steps that log telemetry run eagerly (their host reads of the
+    metrics would split the compiled graph), so only every run.log_every-th step pays eager speed."""
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    """torch.compile mode when run.compile is on."""
+    render_on_device: Literal["auto", True, False] = "auto"
+    """Draw bouncing-balls frames on the training device from the clips' stored ball state (envs/torch_render.py)
+    instead of copying cached frames from host memory: auto = on for CUDA with data.source=bouncing_balls. The
+    frames are the cached ones, bit for bit; only where they are made changes."""
+    deterministic: bool = False
+    """Deterministic kernels only (torch.use_deterministic_algorithms; on CUDA also cuDNN autotuning off and
+    CUBLAS_WORKSPACE_CONFIG): a run killed and resumed then matches an uninterrupted one bit for bit (same
+    run.threads on CPU). Slower on GPUs; CPU kernels are deterministic already."""
+    nonfinite: Literal["stop", "skip"] = "stop"
+    """A NaN/inf loss or gradient norm is caught before the optimizer step, so the weights never see it. stop: the
+    run fails with a message naming the step (MLflow run FAILED, last checkpoint intact). skip: the step is dropped
+    and counted (optim/skipped_steps); 20 in a row stop the run as above."""
+    collapse_min_rank: float = 0.1
+    """Collapse alarm: a warning and the MLflow tag `collapse_alarm` when collapse/effective_rank (1 .. D) falls
+    below this fraction of model.encoder.dim on a logged step."""
+    collapse_min_std: float = 0.01
+    """Collapse alarm: likewise when collapse/std_min, the smallest per-dimension std of the online
+    representations, falls below this (healthy runs hold it near model.regularizer.target_std)."""
     seed: int = 0
     """Seed of model init, batch order and sampling."""
     threads: int = 0
@@ -96,6 +166,23 @@ class RunConfig:
     """MLflow run name (empty: derived from out_dir)."""
     progress: bool = True
     """Show a progress bar."""
+
+    def validate(self) -> None:
+        """Checks of the run fields alone; raises ValueError naming the field."""
+        for name in ("steps", "log_every", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"run.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("eval_batches", "threads", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"run.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.collapse_min_rank <= 1.0:
+            raise ValueError(
+                f"run.collapse_min_rank must be a fraction of model.encoder.dim in [0, 1], got {self.collapse_min_rank}"
+            )
+        if not self.collapse_min_std >= 0.0:
+            raise ValueError(f"run.collapse_min_std must be >= 0, got {self.collapse_min_std}")
+        if self.device == "cpu" and self.precision == "fp16":
+            raise ValueError("run.precision=fp16 needs a GPU (run.device=cpu); use fp32 or bf16 on a CPU")
 
 
 @dataclass
@@ -117,15 +204,17 @@ class TrainConfig:
 
     def validate(self) -> None:
         self.model.validate()
+        self.data.validate()
+        simulated = self.data.source == "bouncing_balls"
         self.data.balls.validate()
-        if self.data.balls.image_size != self.model.image_size:
+        if simulated and self.data.balls.image_size != self.model.image_size:
             raise ValueError(
                 f"data.balls.image_size={self.data.balls.image_size} must equal model.image_size="
                 f"{self.model.image_size} (set both)"
             )
         if self.data.horizon < 1:
             raise ValueError(f"data.horizon must be >= 1, got {self.data.horizon}")
-        if self.window > self.data.clip_length:
+        if simulated and self.window > self.data.clip_length:
             raise ValueError(
                 f"window model.context_frames + data.horizon = {self.window} is longer than data.clip_length="
                 f"{self.data.clip_length}"
@@ -139,9 +228,7 @@ class TrainConfig:
         for name in ("batch_size", "num_clips"):
             if getattr(self.data, name) < 1:
                 raise ValueError(f"data.{name} must be >= 1, got {getattr(self.data, name)}")
-        for name in ("steps", "log_every", "checkpoint_every", "keep_checkpoints"):
-            if getattr(self.run, name) < 1:
-                raise ValueError(f"run.{name} must be >= 1, got {getattr(self.run, name)}")
+        self.run.validate()
 
 
 def debug() -> TrainConfig:

@@ -20,6 +20,10 @@ class EncoderConfig:
     """D, the size of a frame's representation (what the predictor predicts)."""
     groups: int = 8
     """GroupNorm groups per conv stage (GroupNorm, not BatchNorm, so EMA targets and DDP need no buffer syncing)."""
+    keypoints: int = 32
+    """Channels read out as spatial-softmax keypoints (expected x, y and a presence score per channel, Levine et
+    al. 2016) next to the flattened feature map; 0 disables them. Keypoint coordinates move linearly with the
+    objects, which makes motion easy to extrapolate in representation space."""
 
 
 @dataclass
@@ -106,6 +110,9 @@ class ModelConfig:
     """Where target representations come from: an EMA copy of the encoder, or the encoder itself (stop-gradient)."""
     ema_decay: float = 0.99
     """EMA decay of the target encoder per optimizer step."""
+    action_dim: int = 0
+    """Size of the action vector a_t that conditions the prediction of frame t+1 (0: no actions). With actions,
+    batches carry "actions" (B, T, A) floats, actions[:, t] being what was done after frame t."""
     prediction_weight: float = 1.0
     """Weight of the teacher-forced one-step prediction error."""
     rollout_weight: float = 0.5
@@ -154,6 +161,8 @@ class ModelConfig:
             )
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"model.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.action_dim < 0:
+            raise ValueError(f"model.action_dim must be >= 0, got {self.action_dim}")
         if self.latent.dim < 1:
             raise ValueError(f"model.latent.dim must be >= 1, got {self.latent.dim}")
         if self.latent.capacity == "sparse" and self.latent.max_norm <= 0:

@@ -1,8 +1,13 @@
 """Convolutional frame encoder: frames (..., 3, H, W) in [0, 1] -> representations (..., D).
 
-Stride-2 conv stages with GroupNorm + SiLU, then a linear map of the flattened final feature map. GroupNorm keeps
-every sample independent of the batch, so an EMA copy is a faithful target and DDP needs no buffer sync.
-The convs run in channels_last when the input is (it is the fast layout for cuDNN on GPUs).
+Stride-2 conv stages with GroupNorm + SiLU. Two readouts of the final feature map are concatenated and mapped
+linearly to D: the flattened map (what is where, in any form) and spatial-softmax keypoints (Levine et al. 2016,
+"End-to-end training of deep visuomotor policies"): for each of `keypoints` channels, the softmax-weighted mean
+x and y over the map plus a presence score. Keypoint coordinates are smooth, near-linear functions of object
+positions, so a moving object traces a straight line in representation space, and the predictor can extrapolate
+motion instead of having to learn the geometry of an arbitrary embedding from scratch.
+GroupNorm keeps every sample independent of the batch, so an EMA copy is a faithful target and DDP needs no
+buffer sync. The convs run in channels_last when the input is (the fast layout for cuDNN on GPUs).
 """
 
 from __future__ import annotations
@@ -12,6 +17,25 @@ from einops import rearrange
 from torch import nn
 
 from .config import EncoderConfig
+
+
+class SpatialSoftmax(nn.Module):
+    """(N, C, h, w) feature map -> (N, 3K): per keypoint channel, expected x, expected y in [-1, 1] and presence."""
+
+    def __init__(self, channels: int, keypoints: int, side: int) -> None:
+        super().__init__()
+        self.to_logits = nn.Conv2d(channels, keypoints, kernel_size=1)
+        self.log_temperature = nn.Parameter(torch.zeros(()))
+        coords = torch.linspace(-1.0, 1.0, side)
+        grid_y, grid_x = torch.meshgrid(coords, coords, indexing="ij")
+        self.register_buffer("grid", torch.stack([grid_x.flatten(), grid_y.flatten()], dim=-1), persistent=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        logits = rearrange(self.to_logits(features), "n k h w -> n k (h w)").float()
+        attention = torch.softmax(logits / self.log_temperature.exp(), dim=-1)  # (N, K, h*w)
+        positions = attention @ self.grid  # (N, K, 2)
+        presence = logits.logsumexp(dim=-1, keepdim=True) - logits.mean(dim=-1, keepdim=True)  # (N, K, 1)
+        return rearrange(torch.cat([positions, presence], dim=-1), "n k three -> n (k three)")
 
 
 class FrameEncoder(nn.Module):
@@ -31,12 +55,17 @@ class FrameEncoder(nn.Module):
             in_channels = out_channels
         self.convs = nn.Sequential(*layers)
         side = image_size // 2 ** len(config.channels)
-        self.to_representation = nn.Linear(in_channels * side * side, config.dim)
+        self.keypoints = SpatialSoftmax(in_channels, config.keypoints, side) if config.keypoints > 0 else None
+        readout = in_channels * side * side + 3 * config.keypoints
+        self.to_representation = nn.Linear(readout, config.dim)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """frames: (B, T, 3, H, W) float -> (B, T, D)."""
         batch = frames.shape[0]
         x = rearrange(frames, "b t c h w -> (b t) c h w")
         x = self.convs(x)  # (B*T, C, h, w)
-        x = rearrange(x, "bt c h w -> bt (c h w)")
-        return rearrange(self.to_representation(x), "(b t) d -> b t d", b=batch)
+        readout = [rearrange(x, "bt c h w -> bt (c h w)")]
+        if self.keypoints is not None:
+            readout.append(self.keypoints(x).to(readout[0].dtype))
+        representation = self.to_representation(torch.cat(readout, dim=-1))
+        return rearrange(representation, "(b t) d -> b t d", b=batch)

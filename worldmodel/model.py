@@ -69,7 +69,7 @@ class WorldModel(nn.Module):
         if config.target == "ema":
             self.target_encoder = copy.deepcopy(self.encoder)
             self.target_encoder.requires_grad_(False)
-        self.past = PastEncoder(config.predictor, dim=dim)
+        self.past = PastEncoder(config.predictor, dim=dim, action_dim=config.action_dim)
         self.latent = Latent(config.latent, width=config.predictor.width, dim=dim)
         self.transition = TransitionHead(
             width=config.predictor.width, latent_dim=config.latent.dim, dim=dim, hidden=config.latent.hidden
@@ -99,6 +99,21 @@ class WorldModel(nn.Module):
         if not frames.is_floating_point():
             raise ValueError(f"frames must be uint8 in [0, 255] or float in [0, 1], got dtype {frames.dtype}")
         return frames.float()
+
+    def prepare_actions(self, actions: torch.Tensor | None, batch: int, length: int) -> torch.Tensor | None:
+        """Check actions against the model: None for a model without actions, else float (batch, >= length, A)
+        on the model's device, cut to `length` steps. Actions[:, t] is what was done after frame t."""
+        if self.config.action_dim == 0:
+            if actions is not None:
+                raise ValueError("actions were given but this model has model.action_dim=0 (not action-conditioned)")
+            return None
+        expected = f"(B={batch}, T>={length}, A={self.config.action_dim})"
+        if actions is None:
+            raise ValueError(f"this model is action-conditioned: pass actions laid out {expected}")
+        if not isinstance(actions, torch.Tensor) or actions.ndim != 3 or actions.shape[0] != batch \
+                or actions.shape[1] < length or actions.shape[2] != self.config.action_dim:
+            raise ValueError(f"actions must be a tensor laid out {expected}, got {tuple(getattr(actions, 'shape', ()))}")
+        return actions[:, :length].to(self.device, torch.float32)
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """Online encoder: frames (B, T, 3, H, W) -> representations (B, T, D)."""
@@ -131,6 +146,7 @@ class WorldModel(nn.Module):
         horizon: int,
         *,
         latents: torch.Tensor | None = None,
+        actions: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         deterministic: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,12 +155,15 @@ class WorldModel(nn.Module):
         context: (B, C, D) online representations of the observed frames; last_target: (B, D) the target
         representation of the last observed frame (the base the first residual prediction starts from).
         latents: (B, horizon, Z) to use given z's; otherwise z is drawn from the prior (its mean if
-        deterministic). Returns (predictions (B, horizon, D), latents (B, horizon, Z)).
+        deterministic). actions: (B, C + horizon - 1, A) for an action-conditioned model, aligned with frames.
+        Returns (predictions (B, horizon, D), latents (B, horizon, Z)).
         """
         sequence, base = context, last_target
         predictions, used = [], []
         for k in range(horizon):
-            summary = self.past(sequence)[:, -1]  # (B, width): h at the last known/predicted frame
+            known = sequence.shape[1]
+            step_actions = None if actions is None else actions[:, :known]
+            summary = self.past(sequence, step_actions)[:, -1]  # (B, width): h at the last known/predicted frame
             if latents is not None:
                 z = latents[:, k]
             else:
@@ -169,6 +188,9 @@ class WorldModel(nn.Module):
         config = self.config
         frames = self.prepare_frames(batch["frames"] if isinstance(batch, dict) else batch)
         length = frames.shape[1]
+        actions = self.prepare_actions(
+            batch.get("actions") if isinstance(batch, dict) else None, frames.shape[0], length - 1
+        )
         context = config.context_frames
         if length <= context:
             raise ValueError(
@@ -180,7 +202,7 @@ class WorldModel(nn.Module):
         # Predict s̄_{t+1} from s_{<=t}; the residual starts from s̄_t, so predictions live in target space and
         # the encoder is shaped only through the summary h_t (the JEPA way: no gradient through targets).
         inputs, current, next_target = online[:, :-1], target[:, :-1], target[:, 1:]
-        summary = self.past(inputs)  # (B, T-1, width)
+        summary = self.past(inputs, actions)  # (B, T-1, width)
         prior = self.latent.prior(summary)
         posterior = self.latent.infer(summary, next_target)
         z = self.latent.training_code(posterior)  # (B, T-1, Z)
@@ -189,7 +211,8 @@ class WorldModel(nn.Module):
 
         # Open loop from the context: predictions are fed back, z is the posterior's code for each step.
         rolled, _ = self.rollout(
-            online[:, :context], target[:, context - 1], length - context, latents=z[:, context - 1 :]
+            online[:, :context], target[:, context - 1], length - context, latents=z[:, context - 1 :],
+            actions=actions,
         )
 
         weights = {
@@ -239,17 +262,19 @@ class WorldModel(nn.Module):
 
     # ------------------------------------------------------------------ energy
     def energy_of_representations(
-        self, inputs: torch.Tensor, targets: torch.Tensor, start: int
+        self, inputs: torch.Tensor, targets: torch.Tensor, start: int, actions: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Per-step energy of targets[:, start:] given everything before: (B, T - start).
 
         inputs: (B, T, D) representations fed to the predictor (online space); targets: (B, T, D) target-space
         representations the predictions start from and are compared with. z is the posterior's code, refined by
-        `latent.infer_steps` gradient steps; each step's energy is distance + weight * capacity.
+        `latent.infer_steps` gradient steps; each step's energy is distance + weight * capacity. actions:
+        (B, >= T - 1, A) for an action-conditioned model.
         """
         if not 1 <= start < inputs.shape[1]:
             raise ValueError(f"start must be in [1, {inputs.shape[1] - 1}], got {start}")
-        summary = self.past(inputs[:, :-1].float())[:, start - 1 :]
+        actions = self.prepare_actions(actions, inputs.shape[0], inputs.shape[1] - 1)
+        summary = self.past(inputs[:, :-1].float(), actions)[:, start - 1 :]
         current, next_target = targets[:, start - 1 : -1].float(), targets[:, start:].float()
         prior = self.latent.prior(summary)
         posterior = self.latent.infer(summary, next_target)
@@ -262,14 +287,24 @@ class WorldModel(nn.Module):
         return step_distance(z) + self.latent.cost_weight * capacity
 
     @torch.no_grad()
-    def energy(self, context: torch.Tensor, future: torch.Tensor, *, reduction: str = "sum") -> torch.Tensor:
+    def energy(
+        self,
+        context: torch.Tensor,
+        future: torch.Tensor,
+        *,
+        reduction: str = "sum",
+        actions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """F(context, future): context (B, C, 3, H, W), future (B, F, 3, H, W) -> (B,) (or (B, F) per step
-        with reduction="none"). Lower means the model finds the future more plausible given the context."""
+        with reduction="none"). Lower means the model finds the future more plausible given the context.
+        actions: (B, C + F - 1, A), required by (and only accepted by) an action-conditioned model."""
         context, future = self.prepare_frames(context), self.prepare_frames(future)
         if context.shape[0] != future.shape[0]:
             raise ValueError(f"context batch {context.shape[0]} != future batch {future.shape[0]}")
         frames = torch.cat([context, future], dim=1)
-        per_step = self.energy_of_representations(self.encode(frames), self.encode_target(frames), context.shape[1])
+        per_step = self.energy_of_representations(
+            self.encode(frames), self.encode_target(frames), context.shape[1], actions
+        )
         if reduction == "none":
             return per_step
         if reduction == "sum":
@@ -286,25 +321,31 @@ class WorldModel(nn.Module):
         *,
         generator: torch.Generator | None = None,
         deterministic: bool = False,
+        actions: torch.Tensor | None = None,
     ) -> SampledFutures:
         """Sample `num_samples` futures of `horizon` steps per context, z drawn from the learned prior.
 
         context_frames: (B, C, 3, H, W) or (C, 3, H, W). Each sample's energy is the energy of its own predicted
         trajectory given the context (the posterior re-infers z from the predicted representations), so
-        samples that needed unlikely z's under the prior rank worse.
+        samples that needed unlikely z's under the prior rank worse. actions: (B, C + horizon - 1, A), the
+        observed and planned actions, for an action-conditioned model.
         """
         if num_samples < 1 or horizon < 1:
             raise ValueError(f"num_samples and horizon must be >= 1, got {num_samples}, {horizon}")
         context = self.encode(context_frames)  # (B, C, D)
         batch, length, dim = context.shape
         repeated = context.repeat_interleave(num_samples, dim=0)  # (B*N, C, D)
+        actions = self.prepare_actions(actions, batch, length + horizon - 1)
+        if actions is not None:
+            actions = actions.repeat_interleave(num_samples, dim=0)  # (B*N, C+H-1, A)
         target_context = self.encode_target(context_frames).repeat_interleave(num_samples, dim=0)
         predictions, latents = self.rollout(
-            repeated, target_context[:, -1], horizon, generator=generator, deterministic=deterministic
+            repeated, target_context[:, -1], horizon, generator=generator, deterministic=deterministic,
+            actions=actions,
         )
         inputs = torch.cat([repeated, predictions], dim=1)  # (B*N, C+H, D)
         targets = torch.cat([target_context, predictions], dim=1)
-        energies = self.energy_of_representations(inputs, targets, length).sum(-1)  # (B*N,)
+        energies = self.energy_of_representations(inputs, targets, length, actions).sum(-1)  # (B*N,)
         return SampledFutures(
             representations=predictions.reshape(batch, num_samples, horizon, dim),
             energies=energies.reshape(batch, num_samples),

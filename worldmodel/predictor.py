@@ -51,18 +51,24 @@ class Block(nn.Module):
 
 
 class PastEncoder(nn.Module):
-    """(B, T, D) representations -> (B, T, width) causal summaries h_t."""
+    """(B, T, D) representations [+ (B, T, A) actions] -> (B, T, width) causal summaries h_t.
 
-    def __init__(self, config: PredictorConfig, *, dim: int) -> None:
+    The action a_t taken after frame t is added to token t, so h_t (and with it the prior, the posterior and the
+    transition to t+1) knows what was done; frames alone cannot tell a pushed cart from a coasting one.
+    """
+
+    def __init__(self, config: PredictorConfig, *, dim: int, action_dim: int = 0) -> None:
         super().__init__()
         self.max_len = config.max_len
+        self.action_dim = action_dim
         self.to_width = nn.Linear(dim, config.width)
+        self.from_action = nn.Linear(action_dim, config.width) if action_dim > 0 else None
         self.position = nn.Parameter(torch.zeros(config.max_len, config.width))
         nn.init.normal_(self.position, std=0.02)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
         self.norm = nn.LayerNorm(config.width)
 
-    def forward(self, representations: torch.Tensor) -> torch.Tensor:
+    def forward(self, representations: torch.Tensor, actions: torch.Tensor | None = None) -> torch.Tensor:
         length = representations.shape[1]
         if length > self.max_len:
             raise ValueError(
@@ -70,6 +76,14 @@ class PastEncoder(nn.Module):
                 "use a shorter context + horizon or a model with a larger max_len"
             )
         x = self.to_width(representations) + self.position[:length]
+        if self.from_action is not None:
+            if actions is None or actions.shape[:2] != representations.shape[:2]:
+                shape = None if actions is None else tuple(actions.shape)
+                raise ValueError(
+                    f"this model is action-conditioned (model.action_dim={self.action_dim}): actions must be laid "
+                    f"out {(*representations.shape[:2], self.action_dim)} (batch, time, action), got {shape}"
+                )
+            x = x + self.from_action(actions.to(x.dtype))
         for block in self.blocks:
             x = block(x)
         return self.norm(x)

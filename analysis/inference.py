@@ -1,0 +1,145 @@
+"""Model-facing helpers the analyses share, written on the public `WorldModel` API: batched encoding, rollouts and
+energies over sliding windows of a fixed length, and the posterior code of z.
+
+Why sliding windows: the predictor has learned positional embeddings and is trained on windows of
+`context_frames + data.horizon` frames, so positions beyond `window - 1` inputs never received a gradient. Long
+rollouts and per-frame surprise therefore feed the predictor only the most recent frames (`window` of them at
+most), exactly the lengths it was trained on; `trained_window` reads that length from the run's config.yaml.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from einops import rearrange
+
+from worldmodel.config_io import load_yaml
+from worldmodel.model import WorldModel, distance
+
+
+def as_frames(clips: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(B, T, H, W, 3) uint8 numpy clips (the on-disk layout) -> (B, T, 3, H, W) uint8 tensor; tensors pass through."""
+    if isinstance(clips, torch.Tensor):
+        return clips
+    clips = np.asarray(clips)
+    if clips.ndim != 5 or clips.shape[-1] != 3 or clips.dtype != np.uint8:
+        raise ValueError(f"clips must be uint8 (B, T, H, W, 3), got {clips.dtype} {clips.shape}")
+    return rearrange(torch.from_numpy(np.ascontiguousarray(clips)), "b t h w c -> b t c h w")
+
+
+@torch.no_grad()
+def encode(model: WorldModel, clips: np.ndarray | torch.Tensor, *, target: bool = False,
+           batch_size: int = 64) -> torch.Tensor:
+    """Representations (B, T, D) float32 on the model's device: online encoder, or the target encoder."""
+    frames = as_frames(clips)
+    encoder = model.encode_target if target else model.encode
+    out = [encoder(frames[i : i + batch_size]).float() for i in range(0, frames.shape[0], batch_size)]
+    return torch.cat(out)
+
+
+def trained_window(model: WorldModel, model_dir: Path | None = None) -> int:
+    """Longest input sequence the predictor saw in training: context_frames + data.horizon - 1 from the run's
+    config.yaml (found next to the model or its checkpoint), else the positional table's size."""
+    if model_dir is not None:
+        model_dir = Path(model_dir)
+        for candidate in (model_dir.parent / "config.yaml", model_dir.parent.parent.parent / "config.yaml"):
+            if candidate.is_file():
+                horizon = load_yaml(candidate).get("data", {}).get("horizon")
+                if isinstance(horizon, int) and horizon >= 1:
+                    return min(model.config.context_frames + horizon - 1, model.config.predictor.max_len)
+    return model.config.predictor.max_len
+
+
+@torch.no_grad()
+def rollout(
+    model: WorldModel,
+    online: torch.Tensor,
+    target: torch.Tensor,
+    horizon: int,
+    *,
+    window: int,
+    generator: torch.Generator | None = None,
+    deterministic: bool = False,
+    latents: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Open-loop rollout feeding the predictor at most `window` most recent inputs at each step.
+
+    online, target: (B, C, D) observed representations. latents: optional (B, horizon, Z). Returns predictions
+    (B, horizon, D) and the z's used (B, horizon, Z). With window >= C + horizon - 1 this is `model.rollout`.
+    """
+    sequence, base = online, target[:, -1]
+    predictions, used = [], []
+    for k in range(horizon):
+        given = None if latents is None else latents[:, k : k + 1]
+        step, z = model.rollout(sequence[:, -window:], base, 1, latents=given, generator=generator,
+                                deterministic=deterministic)
+        base = step[:, 0]
+        predictions.append(base)
+        used.append(z[:, 0])
+        sequence = torch.cat([sequence, step.to(sequence.dtype)], dim=1)
+    return torch.stack(predictions, dim=1), torch.stack(used, dim=1)
+
+
+def _windows(x: torch.Tensor, context: int) -> torch.Tensor:
+    """(B, T, D) -> (B * (T - context), context + 1, D): every run of context + 1 consecutive frames."""
+    windows = x.unfold(1, context + 1, 1)  # (B, T - context, D, context + 1)
+    return rearrange(windows, "b n d w -> (b n) w d")
+
+
+@torch.no_grad()
+def sliding_energy(model: WorldModel, online: torch.Tensor, target: torch.Tensor, context: int, *,
+                   batch_size: int = 512) -> torch.Tensor:
+    """Energy of each frame given the `context` frames before it (z optimised: posterior + refinement).
+
+    online, target: (B, T, D). Returns (B, T) with nan for the first `context` frames.
+    """
+    batch, length, _ = online.shape
+    if not 1 <= context < length:
+        raise ValueError(f"context must be in [1, {length - 1}] for clips of {length} frames, got {context}")
+    inputs, targets = _windows(online, context), _windows(target, context)
+    energies = torch.cat([
+        model.energy_of_representations(inputs[i : i + batch_size], targets[i : i + batch_size], context)[:, 0]
+        for i in range(0, inputs.shape[0], batch_size)
+    ])
+    out = torch.full((batch, length), float("nan"), device=online.device)
+    out[:, context:] = energies.reshape(batch, length - context)
+    return out
+
+
+@torch.no_grad()
+def sliding_prior_error(model: WorldModel, online: torch.Tensor, target: torch.Tensor, context: int, *,
+                        batch_size: int = 512) -> torch.Tensor:
+    """Prediction error of each frame from the `context` frames before it with z = the prior's mean (no z fitted
+    to the frame itself). (B, T, D) -> (B, T), nan for the first `context` frames."""
+    batch, length, _ = online.shape
+    if not 1 <= context < length:
+        raise ValueError(f"context must be in [1, {length - 1}] for clips of {length} frames, got {context}")
+    inputs, targets = _windows(online, context), _windows(target, context)
+    errors = []
+    for i in range(0, inputs.shape[0], batch_size):
+        chunk_in, chunk_tg = inputs[i : i + batch_size], targets[i : i + batch_size]
+        prediction, _ = model.rollout(chunk_in[:, :context], chunk_tg[:, context - 1], 1, deterministic=True)
+        errors.append(distance(prediction[:, 0], chunk_tg[:, context]))
+    out = torch.full((batch, length), float("nan"), device=online.device)
+    out[:, context:] = torch.cat(errors).reshape(batch, length - context)
+    return out
+
+
+@torch.no_grad()
+def posterior_code(model: WorldModel, inputs: torch.Tensor, next_target: torch.Tensor) -> torch.Tensor:
+    """The posterior's code for z (its mean) given past inputs (B, C, D) and the next target representation (B, D).
+
+    The one place the analysis reaches past `WorldModel`'s methods into its public submodules (`past`, `latent`):
+    the model has no method returning the inferred z.
+    """
+    summary = model.past(inputs)[:, -1]
+    return model.latent.infer(summary, next_target).mean
+
+
+@torch.no_grad()
+def predictor_states(model: WorldModel, online: torch.Tensor, window: int) -> torch.Tensor:
+    """The causal predictor's summary h_t of frames max(0, t - window + 1)..t for every t: (B, T, D) -> (B, T, W)."""
+    states = [model.past(online[:, max(0, t - window + 1) : t + 1])[:, -1] for t in range(online.shape[1])]
+    return torch.stack(states, dim=1)

@@ -1,0 +1,291 @@
+"""Multiple futures, measured: best-of-N error, diversity, mode coverage, calibration, energy ranking, z-leak check
+and the capacity point of a model, on fork scenes whose future distribution is known (`envs.scenes`).
+
+    best-of-N    for N in (1, 5, 10, 20), the smallest representation error among the first N prior samples at each
+                 horizon, against the future that happened; the deterministic predictor is the same model with z at
+                 the prior's mean
+    coverage     a frozen ridge probe (fitted on target-encoder representations of ordinary simulator frames) reads
+                 the forked ball's position from every predicted representation; a sample hits a mode when it is
+                 nearer that mode's true position than half the distance between the two closest modes
+    calibration  how often samples land in each mode, against the true probabilities
+    ranking      energy of the true future among futures taken from other scenes (lower is better)
+    z-leak       how much of the error the posterior z removes for the true next frame, against how much it removes
+                 for a shuffled one (another clip's frame): a z that only carries the unpredictable kick cannot
+                 reach an arbitrary frame, a z that leaks the target can
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from envs.clips import generate_clips
+from envs.physics import BallsConfig
+from envs.scenes import ForkConfig, ForkScenes, generate_fork_scenes
+from worldmodel.model import WorldModel, distance
+
+from . import inference
+from .metrics import (
+    assign_modes, best_of_n_error, calibration, mode_coverage, pairwise_diversity, rank_statistics,
+)
+from .probe_models import RidgeProbe, Split
+
+
+@dataclass
+class FuturesConfig:
+    """Sizes and settings of the multiple-futures evaluation."""
+
+    scenes: int = 128
+    """Fork scenes per family."""
+    families: tuple[tuple[float, ...], ...] = ((0.5, 0.5), (0.5, 0.3, 0.2))
+    """One fork family per entry: the probabilities of its ways (2-way left/right, 3-way with unequal odds)."""
+    samples: int = 20
+    """Prior samples per scene (>= the largest N)."""
+    ns: tuple[int, ...] = (1, 5, 10, 20)
+    """N of best-of-N and of mode coverage."""
+    horizon: int = 10
+    """Future frames; the targets are read at the last one."""
+    kick: float = 0.0
+    """Velocity change at the fork; 0: the simulator's kick_strength (an in-distribution kick)."""
+    probe_clips: int = 160
+    """Ordinary simulator clips the frozen position probe is fitted on."""
+    wrong_futures: int = 15
+    """Futures from other scenes that the true one is ranked against."""
+    seed: int = 30_000
+    """Root seed of the scenes, probe clips and samples."""
+
+
+def family_name(probabilities: tuple[float, ...]) -> str:
+    return f"{len(probabilities)}way"
+
+
+# --------------------------------------------------------------------------------------------------- probe
+
+
+def fit_position_probe(model: WorldModel, balls: BallsConfig, clips: int, seed: int, ball: int = 0) -> RidgeProbe:
+    """Ridge probe from one target-encoder representation to ball `ball`'s position (it reads predictions, which
+    live in target space), fitted on ordinary clips split by clip."""
+    data = generate_clips(balls, clips, 8, seed=seed)
+    reps = inference.encode(model, data.frames, target=True).cpu().double().numpy()  # (N, T, D)
+    positions = data.state["positions"][:, :, ball]  # (N, T, 2)
+    present = np.repeat(data.state["present"][:, :, ball, None], 2, axis=-1)
+    order = np.random.default_rng(seed).permutation(clips)
+    val = order[: max(1, clips // 5)]
+    train = order[max(1, clips // 5) :]
+
+    def split(idx: np.ndarray) -> Split:
+        return Split(reps[idx].reshape(-1, reps.shape[-1]), positions[idx].reshape(-1, 2), present[idx].reshape(-1, 2))
+
+    return RidgeProbe(split(train), split(val))
+
+
+def probe_positions(probe: RidgeProbe, reps: torch.Tensor) -> np.ndarray:
+    """(..., D) representations -> (..., 2) probed positions."""
+    flat = reps.reshape(-1, reps.shape[-1]).cpu().double().numpy()
+    return probe.predict(flat).reshape(*reps.shape[:-1], 2)
+
+
+# --------------------------------------------------------------------------------------------------- forks
+
+
+@torch.no_grad()
+def evaluate_family(model: WorldModel, scenes: ForkScenes, probe: RidgeProbe, config: FuturesConfig, *,
+                    window: int, generator: torch.Generator) -> dict[str, object]:
+    """Every multiple-futures metric on one family of fork scenes."""
+    s, k = len(scenes), scenes.fork.directions
+    n, horizon = config.samples, scenes.fork.horizon
+    context_online = inference.encode(model, scenes.context)  # (S, C, D)
+    context_target = inference.encode(model, scenes.context, target=True)
+    futures_target = inference.encode(
+        model, scenes.futures.reshape(s * k, *scenes.futures.shape[2:]), target=True
+    ).reshape(s, k, horizon, -1)  # (S, K, H, D)
+    truth = futures_target[torch.arange(s), torch.as_tensor(scenes.realized)]  # (S, H, D)
+
+    sampled, _ = inference.rollout(
+        model, context_online.repeat_interleave(n, 0), context_target.repeat_interleave(n, 0), horizon,
+        window=window, generator=generator,
+    )
+    sampled = sampled.reshape(s, n, horizon, -1)
+    mean, _ = inference.rollout(model, context_online, context_target, horizon, window=window, deterministic=True)
+
+    sampled_np, truth_np = sampled.cpu().double().numpy(), truth.cpu().double().numpy()
+    ns = [m for m in config.ns if m <= n]
+    best = best_of_n_error(sampled_np, truth_np, ns)  # (len(ns), H)
+    deterministic = best_of_n_error(mean[:, None].cpu().double().numpy(), truth_np, [1])[0]  # (H,)
+    # Copy-last: the future is the last observed frame (nothing moves) - the floor any model should beat.
+    copy_last = best_of_n_error(context_target[:, -1:, None].expand(-1, 1, horizon, -1).cpu().double().numpy(),
+                                truth_np, [1])[0]
+    h_eval = horizon - 1
+
+    modes = scenes.mode_positions()[:, :, h_eval]  # (S, K, 2)
+    sample_points = probe_positions(probe, sampled[:, :, h_eval])  # (S, N, 2)
+    assigned = assign_modes(sample_points, modes)
+    mean_assigned = assign_modes(probe_positions(probe, mean[:, None, h_eval]), modes)
+    truth_assigned = assign_modes(probe_positions(probe, futures_target[:, :, h_eval]), modes)  # (S, K)
+    probe_accuracy = float((truth_assigned == np.arange(k)[None]).mean())
+    position_error = float(np.linalg.norm(probe_positions(probe, futures_target[:, :, h_eval]) - modes, axis=-1).mean())
+
+    ranking = _energy_ranking(model, context_online, context_target, futures_target, scenes.realized, config)
+    index = {m: i for i, m in enumerate(ns)}
+    ratio = {f"best_of_{m}_over_deterministic": float(best[index[m], h_eval] / deterministic[h_eval]) for m in ns}
+    return {
+        "probabilities": scenes.probabilities.tolist(),
+        "scenes": s,
+        "horizon": horizon,
+        "ns": ns,
+        "best_of_n": {str(m): best[i].tolist() for i, m in enumerate(ns)},
+        "deterministic": deterministic.tolist(),
+        "copy_last": copy_last.tolist(),
+        "at_horizon": {
+            "horizon": horizon,
+            **ratio,
+            "deterministic": float(deterministic[h_eval]),
+            "copy_last": float(copy_last[h_eval]),
+        },
+        "diversity": {
+            "samples": pairwise_diversity(sampled_np).tolist(),
+            "true_modes": pairwise_diversity(futures_target.cpu().double().numpy()).tolist(),
+            "probed_position_spread": float(np.linalg.norm(sample_points - sample_points.mean(1, keepdims=True),
+                                                           axis=-1).mean()),
+        },
+        "mode_coverage": {str(m): float(c) for m, c in zip(ns, mode_coverage(assigned, k, ns))},
+        "deterministic_mode_coverage": float(mode_coverage(mean_assigned, k, [1])[0]),
+        "calibration": calibration(assigned, scenes.probabilities),
+        "probe": {"true_way_accuracy": probe_accuracy, "position_error": position_error},
+        "energy_ranking": ranking,
+    }
+
+
+@torch.no_grad()
+def _energy_ranking(model: WorldModel, online: torch.Tensor, target: torch.Tensor, futures_target: torch.Tensor,
+                    realized: np.ndarray, config: FuturesConfig) -> dict[str, object]:
+    """Energy (summed over the future, each frame given the `context` frames before it) of the true future against
+    futures from other scenes, and against the scene's other (equally possible) ways."""
+    s, k = futures_target.shape[:2]
+    context = online.shape[1]
+    # Future frames as inputs: their target representations (the model feeds predictions, in target space, the same way).
+    def total_energy(future: torch.Tensor) -> torch.Tensor:
+        sequence_online = torch.cat([online, future], 1)
+        sequence_target = torch.cat([target, future], 1)
+        return inference.sliding_energy(model, sequence_online, sequence_target, context)[:, context:].sum(1)
+
+    rows = torch.arange(s)
+    true_energy = total_energy(futures_target[rows, torch.as_tensor(realized)])
+    m = min(config.wrong_futures, s - 1)
+    wrong = torch.stack([
+        total_energy(futures_target[(rows + j) % s, torch.as_tensor(realized[(np.arange(s) + j) % s])])
+        for j in range(1, m + 1)
+    ], 1)  # (S, M)
+    others = [total_energy(futures_target[rows, torch.as_tensor((realized + j) % k)]) for j in range(1, k)]
+    result: dict[str, object] = {"vs_other_scenes": rank_statistics(true_energy.cpu().numpy(), wrong.cpu().numpy())}
+    if others:
+        result["vs_other_ways"] = rank_statistics(true_energy.cpu().numpy(), torch.stack(others, 1).cpu().numpy())
+    return result
+
+
+# --------------------------------------------------------------------------------------------------- z leak
+
+
+@torch.no_grad()
+def z_leak(model: WorldModel, online: torch.Tensor, target: torch.Tensor, step: int, *,
+           window: int, seed: int = 0) -> dict[str, float]:
+    """Error reduction that the posterior z buys at frame `step`, for the true next frame and for a shuffled one.
+
+    online, target: (B, T, D) with T > step >= 1. reduction = 1 - error(posterior z) / error(prior mean z), each
+    against the frame the posterior was shown. leak_ratio = shuffled reduction / true reduction: near 0 means z
+    cannot be steered to an arbitrary frame (no leak), near 1 means it copies whatever it is shown.
+    """
+    inputs = online[:, max(0, step - window) : step]
+    last = target[:, step - 1]
+    true_next = target[:, step]
+    order = torch.randperm(online.shape[0], generator=torch.Generator().manual_seed(seed))
+    # A derangement would be cleaner; a clip paired with itself only dilutes the shuffled case toward the true one.
+    shuffled_next = target[order, step]
+    prior_mean, _ = model.rollout(inputs, last, 1, deterministic=True)
+    out = {}
+    for name, next_frame in (("true", true_next), ("shuffled", shuffled_next)):
+        z = inference.posterior_code(model, inputs, next_frame)
+        posterior, _ = model.rollout(inputs, last, 1, latents=z[:, None])
+        prior_error = float(distance(prior_mean[:, 0], next_frame).mean())
+        posterior_error = float(distance(posterior[:, 0], next_frame).mean())
+        out[f"{name}/prior_error"] = prior_error
+        out[f"{name}/posterior_error"] = posterior_error
+        out[f"{name}/reduction"] = 1.0 - posterior_error / max(prior_error, 1e-12)
+    out["leak_ratio"] = out["shuffled/reduction"] / max(out["true/reduction"], 1e-12)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- capacity
+
+
+@torch.no_grad()
+def capacity_point(model: WorldModel, balls: BallsConfig, *, window: int, clips: int = 64,
+                   seed: int = 31_000) -> dict[str, float]:
+    """Where this model sits on the capacity trade-off: its capacity settings, the capacity it uses (nats of KL or
+    |z|_1, on held-out windows) and the one-step errors with the posterior z and with the prior mean."""
+    latent = model.config.latent
+    length = min(window + 1, model.config.predictor.max_len)
+    data = generate_clips(balls, clips, length, seed=seed)
+    model.eval()
+    _, metrics = model.loss({"frames": inference.as_frames(data.frames).to(model.device)})
+    return {
+        "capacity": latent.capacity,
+        "free_bits": latent.free_bits,
+        "kl_weight": latent.kl_weight,
+        "l1_weight": latent.l1_weight,
+        "latent_dim": latent.dim,
+        "capacity_used": metrics["latent/capacity"],
+        "posterior_error": metrics["error/prediction"],
+        "prior_mean_error": metrics["error/prior_mean_prediction"],
+        "copy_last_error": metrics["error/copy_last"],
+    }
+
+
+# --------------------------------------------------------------------------------------------------- suite
+
+
+def run_futures(model: WorldModel, balls: BallsConfig, config: FuturesConfig | None = None, *,
+                window: int | None = None, log=print) -> dict[str, object]:
+    """The multiple-futures evaluation of one model; JSON-able."""
+    config = config or FuturesConfig()
+    if max(config.ns) > config.samples:
+        raise ValueError(f"samples ({config.samples}) must be >= the largest N ({max(config.ns)})")
+    model.eval()
+    started = time.perf_counter()
+    window = window or model.config.predictor.max_len
+    context = model.config.context_frames
+    probe = fit_position_probe(model, balls, config.probe_clips, config.seed + 7)
+    generator = torch.Generator(device=model.device).manual_seed(config.seed)
+    families, leak = {}, {}
+    for i, probabilities in enumerate(config.families):
+        fork = ForkConfig(directions=len(probabilities), probabilities=tuple(probabilities),
+                          kick=config.kick or balls.kick_strength, context=context, horizon=config.horizon)
+        scenes = generate_fork_scenes(balls, fork, config.scenes, seed=config.seed + 100 * i)
+        name = family_name(probabilities)
+        families[name] = evaluate_family(model, scenes, probe, config, window=window, generator=generator)
+        clips = scenes.realized_clips()
+        online, target = inference.encode(model, clips), inference.encode(model, clips, target=True)
+        # At the fork, z has a real job (which way the kick went); that is where a leak would matter most.
+        leak[name] = z_leak(model, online, target, context, window=window, seed=config.seed + i)
+        log(f"futures: {name} done ({time.perf_counter() - started:.0f} s)")
+    ordinary = generate_clips(balls, config.scenes, context + 1, seed=config.seed + 50)
+    online, target = inference.encode(model, ordinary.frames), inference.encode(model, ordinary.frames, target=True)
+    leak["ordinary_clips"] = z_leak(model, online, target, context, window=window, seed=config.seed)
+    headline = families[family_name(config.families[0])]
+    targets = {
+        "best_of_10_over_deterministic_at_h10": headline["at_horizon"].get("best_of_10_over_deterministic"),
+        "mode_coverage_at_n10": headline["mode_coverage"].get("10"),
+        "target_best_of_10_ratio": 0.5,
+        "target_mode_coverage": 0.9,
+    }
+    return {
+        "families": families,
+        "z_leak": leak,
+        "capacity": capacity_point(model, balls, window=window),
+        "targets": targets,
+        "config": {**asdict(config), "window": window, "context": context},
+        "seconds": time.perf_counter() - started,
+    }

@@ -1,0 +1,408 @@
+"""Physics probes: what ground-truth state can be read out of a model's frozen representations.
+
+For every frame t >= 1 of held-out simulator clips the probe input is the representation of frames t-1 and t
+side by side (velocity is not visible in one still frame), and the targets are the simulator's state at t:
+
+    position, velocity, speed, radius          regression per ball slot (R2 over the balls present)
+    direction (8 bins), color, count           classification (balanced accuracy)
+    contact_within_k                            a ball touches another ball within the next k frames
+    hidden_position                             position of a ball completely behind a (wide) occluder
+
+Feature sets, side by side: the trained encoder ("model"), the same architecture freshly initialised
+("random_init") and downsampled pixels ("pixels"); for the hidden ball also the causal predictor's state
+("model_predictor" vs "random_predictor"), the only place a model can remember a ball it cannot see.
+Splits are by clip (train / val / test, no frame of a test clip is ever fitted) plus an out-of-distribution test
+set drawn with speeds and radii outside the training ranges.
+
+Also here: probes applied to *predicted* representations (fitted on target-encoder features of real frames, read on
+the model's deterministic rollout, per horizon), and a Physion-style contact readout (observe k frames, predict a
+ball-ball contact in the next m, from the observed features only vs observed + the model's own rollout).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from envs.clips import generate_clips
+from envs.physics import BallsConfig
+from worldmodel.model import WorldModel
+
+from . import inference
+from .metrics import auroc, balanced_accuracy, r2_score
+from .probe_models import Split, fit_probe, score
+
+REGRESSION = ("position", "velocity", "speed", "radius")
+CLASSIFICATION = ("direction", "color", "count", "contact_within_k")
+CONTACT_GAP = 1e-3
+"""Two balls whose rims are closer than this (image sides) touch (the simulator separates colliding balls to
+exactly touching)."""
+
+
+@dataclass
+class ProbeConfig:
+    """Sizes and settings of the probe suite."""
+
+    clips: int = 256
+    """In-distribution clips (split by clip into train / val / test)."""
+    ood_clips: int = 64
+    """Out-of-distribution test clips (speeds and radii above the training ranges)."""
+    hidden_clips: int = 192
+    """Clips with a wide occluder, for the hidden-ball target."""
+    contact_clips: int = 256
+    """Clips with at least two balls for the Physion-style contact readout."""
+    length: int = 16
+    """Frames per probe clip."""
+    contact_within: int = 4
+    """k of contact_within_k."""
+    readout_future: int = 6
+    """m of the contact readout: predict a contact in the m frames after the observed ones."""
+    direction_bins: int = 8
+    """Classes of the direction target."""
+    pixel_size: int = 16
+    """Side of the downsampled pixel control."""
+    probe_models: tuple[str, ...] = ("linear", "mlp")
+    """Readouts fitted for every target: 'linear' (ridge / logistic) and 'mlp'."""
+    mlp_epochs: int = 150
+    """Epochs of the MLP probe."""
+    predicted_horizon: int = 8
+    """Rollout length for probes on predicted representations."""
+    seed: int = 20_000
+    """Root seed of every probe clip set (disjoint from training's seed 0 streams)."""
+
+
+# --------------------------------------------------------------------------------------------------- targets
+
+
+@dataclass
+class Target:
+    """One probe target over rows = (clip, frame t >= 1)."""
+
+    kind: str
+    """'regression' or 'classification'."""
+    values: np.ndarray
+    """(n, k) floats or (n, s) int labels."""
+    mask: np.ndarray
+    """(n, k) / (n, s) bool: which entries exist (present balls, frames with k future frames, ...)."""
+    num_classes: int = 0
+    """Classification only."""
+
+
+def ball_contacts(state: dict[str, np.ndarray]) -> np.ndarray:
+    """(N, T) bool: some two present balls touch in that frame."""
+    pos, rad, present = state["positions"], state["radii"], state["present"]
+    m = pos.shape[2]
+    touching = np.zeros(pos.shape[:2], bool)
+    for i in range(m):
+        for j in range(i + 1, m):
+            gap = np.linalg.norm(pos[:, :, i] - pos[:, :, j], axis=-1) - rad[:, :, i] - rad[:, :, j]
+            touching |= (gap < CONTACT_GAP) & present[:, :, i] & present[:, :, j]
+    return touching
+
+
+def fully_hidden(state: dict[str, np.ndarray], balls: BallsConfig) -> np.ndarray:
+    """(N, T, M) bool: the ball, anti-aliased rim included, lies entirely behind the occluder columns."""
+    c0, c1 = balls.occluder_columns()
+    half_px = 0.5 / balls.image_size
+    x, r = state["positions"][..., 0], state["radii"]
+    return state["present"] & (x - r - half_px >= c0 / balls.image_size) & (x + r + half_px <= c1 / balls.image_size)
+
+
+def _rows(x: np.ndarray) -> np.ndarray:
+    """(N, T, ...) -> (N * (T - 1), ...): frames 1..T-1 of every clip (frame 0 has no previous frame)."""
+    return x[:, 1:].reshape(-1, *x.shape[2:])
+
+
+def state_targets(state: dict[str, np.ndarray], num_balls: np.ndarray, balls: BallsConfig,
+                  config: ProbeConfig) -> dict[str, Target]:
+    """Every frame-level target of a clip set, rows ordered like `_rows`."""
+    present = _rows(state["present"])  # (n, M)
+    pos, vel = _rows(state["positions"]), _rows(state["velocities"])
+    speed = np.linalg.norm(vel, axis=-1)
+    angle = np.mod(np.arctan2(vel[..., 1], vel[..., 0]), 2 * math.pi)
+    bins = np.minimum((angle / (2 * math.pi / config.direction_bins)).astype(np.int64), config.direction_bins - 1)
+    palette = np.asarray(balls.palette, np.int64)
+    colors = _rows(state["colors"]).astype(np.int64)
+    color_index = (colors[:, :, None, :] == palette[None, None]).all(-1).argmax(-1)  # (n, M)
+    two = np.repeat(present, 2, axis=1)
+    length = state["present"].shape[1]
+    contacts = ball_contacts(state)  # (N, T)
+    k = config.contact_within
+    upcoming = np.zeros_like(contacts)
+    valid = np.zeros_like(contacts)
+    for t in range(length):
+        if t + k < length:
+            upcoming[:, t] = contacts[:, t + 1 : t + 1 + k].any(1)
+            valid[:, t] = True
+    counts = np.repeat(num_balls[:, None], length, axis=1)
+    return {
+        "position": Target("regression", pos.reshape(len(pos), -1), two),
+        "velocity": Target("regression", vel.reshape(len(vel), -1), two),
+        "speed": Target("regression", speed, present),
+        "radius": Target("regression", _rows(state["radii"]), present),
+        "direction": Target("classification", bins, present & (speed > 1e-9), config.direction_bins),
+        "color": Target("classification", color_index, present, len(palette)),
+        "count": Target("classification", _rows(counts)[:, None], np.ones((len(pos), 1), bool), balls.max_balls + 1),
+        "contact_within_k": Target("classification", _rows(upcoming)[:, None].astype(np.int64), _rows(valid)[:, None], 2),
+    }
+
+
+def hidden_target(state: dict[str, np.ndarray], balls: BallsConfig) -> Target:
+    """Position of the (first) fully hidden ball, rows with one hidden."""
+    hidden = _rows(fully_hidden(state, balls))  # (n, M)
+    first = hidden.argmax(1)
+    pos = _rows(state["positions"])[np.arange(hidden.shape[0]), first]  # (n, 2)
+    mask = np.repeat(hidden.any(1)[:, None], 2, axis=1)
+    return Target("regression", pos, mask)
+
+
+# --------------------------------------------------------------------------------------------------- features
+
+
+def pair_features(reps: torch.Tensor) -> np.ndarray:
+    """(N, T, D) per-frame features -> (N * (T - 1), 2D): frames t-1 and t side by side."""
+    pairs = torch.cat([reps[:, :-1], reps[:, 1:]], dim=-1)
+    return rearrange(pairs, "n t d -> (n t) d").cpu().double().numpy()
+
+
+def pixel_features(clips: np.ndarray, size: int) -> torch.Tensor:
+    """(N, T, H, W, 3) uint8 -> (N, T, 3 * size * size) area-downsampled pixels in [0, 1]."""
+    frames = inference.as_frames(clips).float() / 255.0  # (N, T, 3, H, W)
+    n, t = frames.shape[:2]
+    small = F.adaptive_avg_pool2d(rearrange(frames, "n t c h w -> (n t) c h w"), size)
+    return rearrange(small, "(n t) c h w -> n t (c h w)", n=n, t=t)
+
+
+def random_model(model: WorldModel, seed: int) -> WorldModel:
+    """A freshly initialised model of the same configuration (the untrained control)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return WorldModel(model.config).to(model.device).eval()
+
+
+def split_indices(num_clips: int, seed: int, fractions: tuple[float, float] = (0.6, 0.15)) -> dict[str, np.ndarray]:
+    """Clip indices for train / val / test, disjoint (grouping by clip keeps near-duplicate frames together)."""
+    order = np.random.default_rng(seed).permutation(num_clips)
+    n_train = max(1, int(round(fractions[0] * num_clips)))
+    n_val = max(1, int(round(fractions[1] * num_clips)))
+    if n_train + n_val >= num_clips:
+        raise ValueError(f"{num_clips} clips are too few to split into train / val / test; use more --clips")
+    return {"train": np.sort(order[:n_train]), "val": np.sort(order[n_train : n_train + n_val]),
+            "test": np.sort(order[n_train + n_val :])}
+
+
+def _row_mask(clips: np.ndarray, length: int, num_clips: int) -> np.ndarray:
+    """Rows (clip, t >= 1) belonging to the given clips."""
+    keep = np.zeros(num_clips, bool)
+    keep[clips] = True
+    return np.repeat(keep, length - 1)
+
+
+def _subset(features: np.ndarray, target: Target, rows: np.ndarray) -> Split:
+    return Split(features[rows], target.values[rows], target.mask[rows])
+
+
+def ood_config(balls: BallsConfig) -> BallsConfig:
+    """Speeds and radii above the training ranges (capped so that balls still fit in the box)."""
+    s_lo, s_hi = balls.speed_range
+    speed = (s_hi * 1.15, s_hi * 1.6)
+    r_hi = balls.radius_range[1]
+    radius_cap = math.sqrt(0.45 / (math.pi * balls.max_balls)) - 1e-3
+    radius = (min(r_hi * 1.1, radius_cap - 0.01), min(r_hi * 1.35, radius_cap))
+    return replace(balls, speed_range=speed, radius_range=radius, max_speed=max(balls.max_speed, speed[1]))
+
+
+def hidden_config(balls: BallsConfig) -> BallsConfig:
+    """The training settings plus an occluder wide enough to hide the largest ball completely."""
+    width = min(0.9, 2 * balls.radius_range[1] + 4.0 / balls.image_size)
+    return replace(balls, occluder=True, occluder_x=0.5, occluder_width=width)
+
+
+# --------------------------------------------------------------------------------------------------- suite
+
+
+def _fit_and_score(features: dict[str, np.ndarray], target: Target, rows: dict[str, np.ndarray],
+                   config: ProbeConfig, extra_tests: dict[str, tuple[dict[str, np.ndarray], Target]] | None = None
+                   ) -> dict[str, dict[str, dict[str, float]]]:
+    """results[feature][probe_model] = {"test": score, <extra test name>: score, ...}."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name, x in features.items():
+        train, val = _subset(x, target, rows["train"]), _subset(x, target, rows["val"])
+        out[name] = {}
+        for probe_model in config.probe_models:
+            kwargs = {"epochs": config.mlp_epochs} if probe_model == "mlp" else {}
+            probe = fit_probe(probe_model, target.kind, train, val, target.num_classes, **kwargs)
+            test = _subset(x, target, rows["test"])
+            scores = {"test": score(target.kind, probe.predict(test.features), test)}
+            for test_name, (test_features, test_target) in (extra_tests or {}).items():
+                split = Split(test_features[name], test_target.values, test_target.mask)
+                scores[test_name] = score(target.kind, probe.predict(split.features), split)
+            out[name][probe_model] = scores
+    return out
+
+
+def chance_level(target: Target) -> float:
+    """R2 of predicting the mean (0), or balanced accuracy of guessing (1 / classes present)."""
+    if target.kind == "regression":
+        return 0.0
+    classes = [len(np.unique(target.values[target.mask[:, j], j])) for j in range(target.values.shape[1])
+               if target.mask[:, j].any()]
+    return float(np.mean([1.0 / c for c in classes])) if classes else float("nan")
+
+
+def run_probes(model: WorldModel, balls: BallsConfig, config: ProbeConfig | None = None, *,
+               window: int | None = None, log=print) -> dict[str, object]:
+    """The whole probe suite; returns a JSON-able dict (see the module docstring)."""
+    config = config or ProbeConfig()
+    model.eval()
+    started = time.perf_counter()
+    window = window or model.config.predictor.max_len
+    control = random_model(model, config.seed)
+    length = config.length
+
+    # In-distribution and OOD clips, their features and targets.
+    clips = generate_clips(balls, config.clips, length, seed=config.seed)
+    ood = generate_clips(ood_config(balls), config.ood_clips, length, seed=config.seed + 1)
+    split = split_indices(config.clips, config.seed)
+    rows = {name: _row_mask(idx, length, config.clips) for name, idx in split.items()}
+
+    def features_of(frames: np.ndarray) -> dict[str, np.ndarray]:
+        return {
+            "model": pair_features(inference.encode(model, frames)),
+            "random_init": pair_features(inference.encode(control, frames)),
+            "pixels": pair_features(pixel_features(frames, config.pixel_size)),
+        }
+
+    features, ood_features = features_of(clips.frames), features_of(ood.frames)
+    targets = state_targets(clips.state, clips.num_balls, balls, config)
+    ood_targets = state_targets(ood.state, ood.num_balls, balls, config)
+    log(f"probe: encoded {config.clips} + {config.ood_clips} clips ({time.perf_counter() - started:.0f} s)")
+    results: dict[str, object] = {}
+    for name, target in targets.items():
+        results[name] = {
+            "kind": target.kind,
+            "metric": "r2" if target.kind == "regression" else "balanced_accuracy",
+            "chance": chance_level(target),
+            "results": _fit_and_score(features, target, rows, config, {"ood": (ood_features, ood_targets[name])}),
+        }
+        log(f"probe: {name} done ({time.perf_counter() - started:.0f} s)")
+
+    results["hidden_position"] = _hidden_probe(model, control, balls, config, window)
+    log(f"probe: hidden_position done ({time.perf_counter() - started:.0f} s)")
+    predicted = _predicted_probe(model, clips, split, balls, config, window)
+    readout = contact_readout(model, control, balls, config, window)
+    log(f"probe: predicted + contact readout done ({time.perf_counter() - started:.0f} s)")
+    return {
+        "targets": results,
+        "predicted": predicted,
+        "contact_readout": readout,
+        "config": {**asdict(config), "window": window, "ood_balls": ood_config(balls).to_dict()},
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _hidden_probe(model: WorldModel, control: WorldModel, balls: BallsConfig, config: ProbeConfig,
+                  window: int) -> dict[str, object]:
+    occluded = hidden_config(balls)
+    clips = generate_clips(occluded, config.hidden_clips, config.length, seed=config.seed + 2)
+    target = hidden_target(clips.state, occluded)
+    split = split_indices(config.hidden_clips, config.seed + 2)
+    rows = {name: _row_mask(idx, config.length, config.hidden_clips) for name, idx in split.items()}
+    online, random_online = inference.encode(model, clips.frames), inference.encode(control, clips.frames)
+    features = {
+        "model": pair_features(online),
+        "random_init": pair_features(random_online),
+        "pixels": pair_features(pixel_features(clips.frames, config.pixel_size)),
+        "model_predictor": _rows(inference.predictor_states(model, online, window).cpu().double().numpy()),
+        "random_predictor": _rows(inference.predictor_states(control, random_online, window).cpu().double().numpy()),
+    }
+    counts = {name: int(target.mask[r, 0].sum()) for name, r in rows.items()}
+    if min(counts.values()) < 5:
+        return {"kind": "regression", "metric": "r2", "chance": 0.0, "results": {}, "rows": counts,
+                "note": "too few frames with a fully hidden ball; use more --hidden-clips"}
+    return {"kind": "regression", "metric": "r2", "chance": 0.0, "rows": counts,
+            "occluder_width": occluded.occluder_width, "results": _fit_and_score(features, target, rows, config)}
+
+
+def _predicted_probe(model: WorldModel, clips, split: dict[str, np.ndarray], balls: BallsConfig,
+                     config: ProbeConfig, window: int) -> dict[str, object]:
+    """Position / velocity probes fitted on target-encoder features of real frames, read on predicted ones."""
+    length, context = config.length, model.config.context_frames
+    horizon = min(config.predicted_horizon, length - context)
+    target_reps = inference.encode(model, clips.frames, target=True)
+    online = inference.encode(model, clips.frames)
+    targets = state_targets(clips.state, clips.num_balls, balls, config)
+    rows = {name: _row_mask(idx, length, config.clips) for name, idx in split.items()}
+    features = pair_features(target_reps)
+    test = split["test"]
+    predicted, _ = inference.rollout(model, online[test, :context], target_reps[test, :context], horizon,
+                                     window=window, deterministic=True)
+    # Window features of predicted frames: (previous, current), the first 'previous' being the last real frame.
+    sequence = torch.cat([target_reps[test, context - 1 : context], predicted], dim=1)  # (n, horizon + 1, D)
+    out: dict[str, object] = {"horizons": list(range(1, horizon + 1)), "context": context}
+    for name in ("position", "velocity"):
+        target = targets[name]
+        probe = fit_probe("linear", "regression", _subset(features, target, rows["train"]),
+                          _subset(features, target, rows["val"]))
+        per_horizon, copy_last = [], []
+        state = clips.state["positions" if name == "position" else "velocities"][test]  # (n, T, M, 2)
+        present = np.repeat(clips.state["present"][test], 2, axis=-1)  # (n, T, 2M)
+        # Baseline: the probe read on the last observed pair of frames, i.e. "the state stays as last seen".
+        last_seen = probe.predict(
+            torch.cat([target_reps[test, context - 2], target_reps[test, context - 1]], -1).cpu().double().numpy()
+        ) if context >= 2 else None
+        for h in range(1, horizon + 1):
+            frame = context - 1 + h
+            x = torch.cat([sequence[:, h - 1], sequence[:, h]], dim=-1).cpu().double().numpy()
+            truth = state[:, frame].reshape(len(test), -1)
+            mask = present[:, frame]
+            per_horizon.append(r2_score(probe.predict(x), truth, mask))
+            if last_seen is not None:
+                copy_last.append(r2_score(last_seen, truth, mask))
+        out[name] = {"r2_by_horizon": per_horizon, "copy_last_r2_by_horizon": copy_last}
+    return out
+
+
+def contact_readout(model: WorldModel, control: WorldModel, balls: BallsConfig, config: ProbeConfig,
+                    window: int) -> dict[str, object]:
+    """Physion-style: observe k = context frames, predict whether two balls touch in the next m frames."""
+    if balls.max_balls < 2:
+        return {"note": "the simulator has at most one ball; no contacts to read out"}
+    crowded = replace(balls, min_balls=max(2, balls.min_balls))
+    k, m = model.config.context_frames, config.readout_future
+    length = max(config.length, k + m)
+    clips = generate_clips(crowded, config.contact_clips, length, seed=config.seed + 3)
+    contacts = ball_contacts(clips.state)  # (N, T)
+    starts = list(range(0, length - k - m + 1, max(1, m // 2)))
+    labels = np.stack([contacts[:, s + k : s + k + m].any(1) for s in starts], axis=1)  # (N, S)
+    split = split_indices(config.contact_clips, config.seed + 3)
+    out: dict[str, object] = {"observe": k, "future": m, "positive_rate": float(labels.mean())}
+    for tag, net in (("model", model), ("random_init", control)):
+        online = inference.encode(net, clips.frames)
+        target = inference.encode(net, clips.frames, target=True)
+        observed, rolled = [], []
+        for s in starts:
+            ctx_online, ctx_target = online[:, s : s + k], target[:, s : s + k]
+            predicted, _ = inference.rollout(net, ctx_online, ctx_target, m, window=window, deterministic=True)
+            observed.append(rearrange(ctx_online, "n k d -> n (k d)"))
+            rolled.append(rearrange(predicted, "n m d -> n (m d)"))
+        observed_x = torch.stack(observed, 1).cpu().double().numpy()  # (N, S, kD)
+        rollout_x = np.concatenate([observed_x, torch.stack(rolled, 1).cpu().double().numpy()], axis=-1)
+        for name, x in (("observed", observed_x), ("observed+rollout", rollout_x)):
+            data = {part: Split(x[idx].reshape(-1, x.shape[-1]), labels[idx].reshape(-1, 1).astype(np.int64),
+                                np.ones((labels[idx].size, 1), bool)) for part, idx in split.items()}
+            probe = fit_probe("linear", "classification", data["train"], data["val"], 2)
+            test = data["test"]
+            probability = probe.probabilities(test.features)[:, 0, 1]
+            truth = test.values[:, 0].astype(bool)
+            out[f"{tag}/{name}"] = {
+                "balanced_accuracy": balanced_accuracy(probe.predict(test.features)[:, 0], test.values[:, 0]),
+                "auroc": auroc(probability[truth], probability[~truth]) if truth.any() and (~truth).any() else float("nan"),
+            }
+    return out

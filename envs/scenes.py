@@ -1,0 +1,206 @@
+"""Multi-modal test scenes whose future distribution is known exactly: a ball forks one of K ways at a known step.
+
+Each scene draws its balls like the simulator does (`sample_initial`), runs the simulator's own dynamics without
+random kicks for the context frames, and then, at the fork step, gives ball 0 (the largest, see `sample_initial`)
+one simulator kick in one of K directions. The K continuations are simulated in full, so a scene holds every
+possible future and its probability, not just the one that happened: that is what best-of-N error, mode coverage
+and calibration are measured against.
+
+The kick is the simulator's own (`BallsBatch.step` with a kick schedule: kick_prob = 1 and a uniform of 0 where a
+kick is scheduled, 1 elsewhere), so its size, direction handling and speed cap are exactly those of training data.
+
+    K = 2, directions at 0 and 180 degrees: "kicked right or left" (probabilities (0.5, 0.5) by default)
+    K = 3 with probabilities (0.5, 0.3, 0.2): a three-way fork with known, unequal odds
+
+numpy only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from envs.physics import BallsBatch, BallsConfig, Renderer, sample_initial
+
+_MAX_ATTEMPTS = 200
+"""Scene draws tried per scene before giving up (rejections: modes too close together at the last frame)."""
+
+
+@dataclass
+class ForkConfig:
+    """A family of fork scenes (lengths are fractions of the image side, speeds in sides per step)."""
+
+    directions: int = 2
+    """K, the number of ways ball 0 can go at the fork."""
+    probabilities: tuple[float, ...] = ()
+    """Probability of each way, K entries summing to 1 (empty: uniform)."""
+    kick: float = 0.06
+    """Size of the velocity change at the fork (the simulator caps the resulting speed at max_speed)."""
+    base_angle: float | None = 0.0
+    """Direction of way 0 in degrees (0 = +x, right; 90 = +y, down); ways are spaced 360/K apart. None: a random
+    rotation per scene."""
+    context: int = 4
+    """Observed frames before the fork; the kick acts on the step into the first future frame."""
+    horizon: int = 10
+    """Future frames simulated for every way."""
+    min_separation: float = 0.15
+    """Every pair of ways must leave ball 0 at least this far apart at the last frame (else the scene is redrawn),
+    so that each mode is identifiable from ball 0's position."""
+
+    def validate(self) -> None:
+        if not (isinstance(self.directions, int) and self.directions >= 2):
+            raise ValueError(f"ForkConfig.directions must be an int >= 2, got {self.directions!r}")
+        probs = self.resolved_probabilities()
+        if probs.shape != (self.directions,) or np.any(probs < 0) or not math.isclose(probs.sum(), 1.0, abs_tol=1e-6):
+            raise ValueError(
+                f"ForkConfig.probabilities must be {self.directions} non-negative numbers summing to 1, "
+                f"got {self.probabilities!r}"
+            )
+        if not self.kick > 0:
+            raise ValueError(f"ForkConfig.kick must be > 0, got {self.kick!r}")
+        if self.context < 1 or self.horizon < 1:
+            raise ValueError(f"ForkConfig.context and horizon must be >= 1, got {self.context}, {self.horizon}")
+        if self.min_separation < 0:
+            raise ValueError(f"ForkConfig.min_separation must be >= 0, got {self.min_separation!r}")
+
+    def resolved_probabilities(self) -> np.ndarray:
+        if len(self.probabilities) == 0:
+            return np.full(self.directions, 1.0 / self.directions)
+        return np.asarray(self.probabilities, dtype=np.float64)
+
+
+@dataclass
+class ForkScenes:
+    """S scenes, each with K simulated ways of continuing and the one that (randomly) happened."""
+
+    context: np.ndarray
+    """(S, C, H, W, 3) uint8 observed frames (identical for every way)."""
+    futures: np.ndarray
+    """(S, K, F, H, W, 3) uint8 future frames of every way."""
+    context_state: dict[str, np.ndarray]
+    """Ground truth of the context frames, each (S, C, max_balls, ...) as in `BallsSim.state`."""
+    future_state: dict[str, np.ndarray]
+    """Ground truth of every way's future frames, each (S, K, F, max_balls, ...)."""
+    probabilities: np.ndarray
+    """(K,) probability of each way."""
+    angles: np.ndarray
+    """(S, K) kick direction of each way, radians."""
+    realized: np.ndarray
+    """(S,) int64: the way that happened, drawn with `probabilities`."""
+    balls: BallsConfig
+    """Simulator settings the scenes were drawn from (kicks off except the fork)."""
+    fork: ForkConfig = field(default_factory=ForkConfig)
+    """The scene family."""
+
+    def __len__(self) -> int:
+        return int(self.context.shape[0])
+
+    def realized_clips(self) -> np.ndarray:
+        """(S, C + F, H, W, 3) uint8: context followed by the future that happened."""
+        chosen = self.futures[np.arange(len(self)), self.realized]
+        return np.concatenate([self.context, chosen], axis=1)
+
+    def mode_positions(self, ball: int = 0) -> np.ndarray:
+        """(S, K, F, 2) position of `ball` in every way's future (ball 0 is the one that forks)."""
+        return self.future_state["positions"][:, :, :, ball]
+
+
+def _simulate(config: BallsConfig, initial: list[dict[str, np.ndarray]], kicks: np.ndarray, angles: np.ndarray,
+              steps: int) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+    """Run B simulations `steps` steps with a kick schedule; returns per-frame states (frame 0 = initial) and
+    positions (B, steps + 1, M, 2). kicks: (B, steps, M) bool; angles: (B, steps, M) radians."""
+    batch = BallsBatch(config, initial)
+    states, positions = [batch.state()], [batch.positions.copy()]
+    directions = np.stack([np.cos(angles), np.sin(angles)], axis=-1)
+    for t in range(steps):
+        # kick_prob is 1 in `config`: a uniform of 0 kicks, 1 does not (the comparison is strict).
+        batch.step(np.where(kicks[:, t], 0.0, 1.0), directions[:, t])
+        states.append(batch.state())
+        positions.append(batch.positions.copy())
+    return states, np.stack(positions, axis=1)
+
+
+def _stack_states(states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-frame (B, M, ...) dicts -> (B, T, M, ...)."""
+    return {key: np.stack([s[key] for s in states], axis=1) for key in states[0]}
+
+
+def _initial_from(state: dict[str, np.ndarray], index: int) -> dict[str, np.ndarray]:
+    """The BallsBatch initial dict of simulation `index` in a (B, M, ...) state."""
+    return {
+        "positions": state["positions"][index],
+        "velocities": state["velocities"][index],
+        "radii": state["radii"][index],
+        "colors": state["colors"][index],
+        "masses": np.where(state["present"][index], state["masses"][index], 1.0),
+        "present": state["present"][index],
+    }
+
+
+def generate_fork_scenes(balls: BallsConfig, fork: ForkConfig, num_scenes: int, seed: int) -> ForkScenes:
+    """Draw `num_scenes` fork scenes; scene i depends only on (balls, fork, seed, i)."""
+    balls.validate()
+    fork.validate()
+    if not (isinstance(num_scenes, int) and num_scenes >= 1):
+        raise ValueError(f"num_scenes must be an int >= 1, got {num_scenes!r}")
+    k, c, f, m = fork.directions, fork.context, fork.horizon, balls.max_balls
+    # The fork is the only kick: kick_prob = 1 lets a schedule of uniforms decide exactly where kicks happen.
+    kicking = replace(balls, kick_prob=1.0, kick_strength=fork.kick)
+    probs = fork.resolved_probabilities()
+
+    kept_context, kept_future, kept_angles, kept_realized = [], [], [], []
+    for index in range(num_scenes):
+        for attempt in range(_MAX_ATTEMPTS):
+            rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, attempt)))
+            initial = sample_initial(balls, rng)
+            base = math.radians(fork.base_angle) if fork.base_angle is not None else rng.uniform(0, 2 * math.pi)
+            angles = base + 2 * math.pi * np.arange(k) / k
+            realized = int(rng.choice(k, p=probs))
+            # Context first (no kicks), then K copies of the state at the last context frame, each kicked once.
+            ctx_states, _ = _simulate(kicking, [initial], np.zeros((1, c - 1, m), bool), np.zeros((1, c - 1, m)),
+                                      c - 1)
+            last = _initial_from(ctx_states[-1], 0)
+            kicks = np.zeros((k, f, m), bool)
+            kicks[:, 0, 0] = True
+            kick_angles = np.zeros((k, f, m))
+            kick_angles[:, 0, 0] = angles
+            fut_states, fut_positions = _simulate(kicking, [last] * k, kicks, kick_angles, f)
+            end = fut_positions[:, -1, 0]  # (K, 2) ball 0 at the last frame of each way
+            gaps = np.hypot(*(end[:, None] - end[None]).transpose(2, 0, 1))[np.triu_indices(k, 1)]
+            if gaps.min() >= fork.min_separation:
+                break
+        else:
+            raise ValueError(
+                f"could not draw fork scene {index} with ways at least ForkConfig.min_separation="
+                f"{fork.min_separation} apart after {_MAX_ATTEMPTS} tries; lower min_separation or raise kick"
+            )
+        kept_context.append(_stack_states(ctx_states))  # (1, C, M, ...)
+        kept_future.append(_stack_states(fut_states[1:]))  # (K, F, M, ...)
+        kept_angles.append(angles)
+        kept_realized.append(realized)
+
+    context_state = {key: np.concatenate([s[key] for s in kept_context]) for key in kept_context[0]}
+    future_state = {key: np.stack([s[key] for s in kept_future]) for key in kept_future[0]}
+    renderer = Renderer(balls)
+    side = balls.image_size
+    context = np.empty((num_scenes, c, side, side, 3), np.uint8)
+    futures = np.empty((num_scenes, k, f, side, side, 3), np.uint8)
+    for s in range(num_scenes):
+        keep = np.flatnonzero(context_state["present"][s, 0])
+        radii, colors = context_state["radii"][s, 0, keep], context_state["colors"][s, 0, keep]
+        renderer.draw_clip(context[s], context_state["positions"][s][:, keep], radii, colors)
+        for way in range(k):
+            renderer.draw_clip(futures[s, way], future_state["positions"][s, way][:, keep], radii, colors)
+    return ForkScenes(
+        context=context,
+        futures=futures,
+        context_state=context_state,
+        future_state=future_state,
+        probabilities=probs,
+        angles=np.stack(kept_angles),
+        realized=np.asarray(kept_realized, dtype=np.int64),
+        balls=replace(balls, kick_prob=0.0),
+        fork=fork,
+    )
