@@ -29,6 +29,7 @@ test-fast: install
 bench: install
 	$(PY) bench/sim_throughput.py
 	$(PY) bench/train_throughput.py
+	$(PY) bench/sample_latency.py
 
 clean:
 	rm -rf runs .cache .pytest_cache

@@ -1,7 +1,7 @@
 """Metric functions of the analysis suite, on plain numpy arrays so their answers can be checked by hand.
 
 Futures:   best_of_n_error, pairwise_diversity, assign_modes, mode_coverage, mode_frequencies, calibration
-Ranking:   auroc, pairwise_accuracy, rank_statistics
+Ranking:   auroc, pairwise_accuracy, matched_accuracy, rank_statistics
 Probes:    r2_score, balanced_accuracy
 Surprise:  peak_alignment, cohens_h, paired_effect_size
 
@@ -150,8 +150,20 @@ def pairwise_accuracy(impossible: np.ndarray, possible: np.ndarray) -> float:
     """Fraction of matched pairs where the impossible clip scores higher (ties count half)."""
     impossible, possible = np.asarray(impossible, np.float64), np.asarray(possible, np.float64)
     if impossible.shape != possible.shape or impossible.size == 0:
-        raise ValueError(f"pairwise_accuracy needs two equal, non-empty arrays, got {impossible.shape}, {possible.shape}")
+        raise ValueError(
+            f"pairwise_accuracy needs two equal, non-empty arrays, got {impossible.shape}, {possible.shape}"
+        )
     return float(((impossible > possible) + 0.5 * (impossible == possible)).mean())
+
+
+def matched_accuracy(impossible: np.ndarray, possible: np.ndarray, groups: np.ndarray) -> float:
+    """IntPhys relative protocol: per group of matched pairs, is the summed surprise of its impossible clips higher
+    than that of its possible clips? (ties count half). With singleton groups this is `pairwise_accuracy`."""
+    impossible, possible = np.asarray(impossible, np.float64), np.asarray(possible, np.float64)
+    labels, index = np.unique(np.asarray(groups), return_inverse=True)
+    summed_i = np.bincount(index, weights=impossible, minlength=labels.size)
+    summed_p = np.bincount(index, weights=possible, minlength=labels.size)
+    return pairwise_accuracy(summed_i, summed_p)
 
 
 def rank_statistics(true_scores: np.ndarray, wrong_scores: np.ndarray) -> dict[str, float]:
@@ -163,7 +175,9 @@ def rank_statistics(true_scores: np.ndarray, wrong_scores: np.ndarray) -> dict[s
     """
     true_scores, wrong_scores = np.asarray(true_scores, np.float64), np.asarray(wrong_scores, np.float64)
     if wrong_scores.ndim != 2 or true_scores.shape != (wrong_scores.shape[0],):
-        raise ValueError(f"true_scores must be (B,) and wrong_scores (B, M), got {true_scores.shape}, {wrong_scores.shape}")
+        raise ValueError(
+            f"true_scores must be (B,) and wrong_scores (B, M), got {true_scores.shape}, {wrong_scores.shape}"
+        )
     below = (wrong_scores < true_scores[:, None]).sum(1) + 0.5 * (wrong_scores == true_scores[:, None]).sum(1)
     rank = 1 + below
     m = wrong_scores.shape[1]
@@ -212,7 +226,9 @@ def balanced_accuracy(prediction: np.ndarray, target: np.ndarray) -> float:
     """Mean recall over the classes present in `target` (chance = 1 / number of those classes)."""
     prediction, target = np.asarray(prediction).ravel(), np.asarray(target).ravel()
     if prediction.shape != target.shape or target.size == 0:
-        raise ValueError(f"balanced_accuracy needs two equal, non-empty label arrays, got {prediction.shape}, {target.shape}")
+        raise ValueError(
+            f"balanced_accuracy needs two equal, non-empty label arrays, got {prediction.shape}, {target.shape}"
+        )
     classes = np.unique(target)
     return float(np.mean([(prediction[target == c] == c).mean() for c in classes]))
 

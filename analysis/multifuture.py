@@ -65,27 +65,38 @@ def family_name(probabilities: tuple[float, ...]) -> str:
 # --------------------------------------------------------------------------------------------------- probe
 
 
-def fit_position_probe(model: WorldModel, balls: BallsConfig, clips: int, seed: int, ball: int = 0) -> RidgeProbe:
-    """Ridge probe from one target-encoder representation to ball `ball`'s position (it reads predictions, which
-    live in target space), fitted on ordinary clips split by clip."""
+def fit_position_probe(model: WorldModel, balls: BallsConfig, clips: int, seed: int) -> RidgeProbe:
+    """Ridge probe from one target-encoder representation to every ball's position, a ball being known by its
+    colour (palette order, 2 outputs per colour); it reads predictions, which live in target space. Fitted on
+    ordinary clips, split by clip for the penalty."""
+    from .probes import by_color
+
     data = generate_clips(balls, clips, 8, seed=seed)
     reps = inference.encode(model, data.frames, target=True).cpu().double().numpy()  # (N, T, D)
-    positions = data.state["positions"][:, :, ball]  # (N, T, 2)
-    present = np.repeat(data.state["present"][:, :, ball, None], 2, axis=-1)
+    positions, present = by_color(data.state["positions"], data.state, balls.palette)  # (N, T, P, 2), (N, T, P)
+    flat_positions = positions.reshape(*positions.shape[:2], -1)
+    mask = np.repeat(present, 2, axis=-1)
     order = np.random.default_rng(seed).permutation(clips)
-    val = order[: max(1, clips // 5)]
-    train = order[max(1, clips // 5) :]
+    val, train = order[: max(1, clips // 5)], order[max(1, clips // 5) :]
 
     def split(idx: np.ndarray) -> Split:
-        return Split(reps[idx].reshape(-1, reps.shape[-1]), positions[idx].reshape(-1, 2), present[idx].reshape(-1, 2))
+        return Split(reps[idx].reshape(-1, reps.shape[-1]), flat_positions[idx].reshape(len(idx) * positions.shape[1], -1),
+                     mask[idx].reshape(len(idx) * positions.shape[1], -1))
 
     return RidgeProbe(split(train), split(val))
 
 
-def probe_positions(probe: RidgeProbe, reps: torch.Tensor) -> np.ndarray:
-    """(..., D) representations -> (..., 2) probed positions."""
+def probe_positions(probe: RidgeProbe, reps: torch.Tensor, color: np.ndarray) -> np.ndarray:
+    """(B, ..., D) representations -> (B, ..., 2) probed position of the ball of palette colour color[b]."""
     flat = reps.reshape(-1, reps.shape[-1]).cpu().double().numpy()
-    return probe.predict(flat).reshape(*reps.shape[:-1], 2)
+    out = probe.predict(flat).reshape(*reps.shape[:-1], -1, 2)  # (B, ..., P, 2)
+    index = np.asarray(color).reshape(-1, *([1] * (out.ndim - 2)), 1, 1)
+    return np.take_along_axis(out, np.broadcast_to(index, (*out.shape[:-2], 1, 2)), axis=-2)[..., 0, :]
+
+
+def palette_index(colors: np.ndarray, palette: tuple) -> np.ndarray:
+    """(B, 3) RGB -> (B,) index into the palette."""
+    return (np.asarray(colors, np.int64)[:, None] == np.asarray(palette, np.int64)[None]).all(-1).argmax(-1)
 
 
 # --------------------------------------------------------------------------------------------------- forks
@@ -99,9 +110,9 @@ def evaluate_family(model: WorldModel, scenes: ForkScenes, probe: RidgeProbe, co
     n, horizon = config.samples, scenes.fork.horizon
     context_online = inference.encode(model, scenes.context)  # (S, C, D)
     context_target = inference.encode(model, scenes.context, target=True)
-    futures_target = inference.encode(
-        model, scenes.futures.reshape(s * k, *scenes.futures.shape[2:]), target=True
-    ).reshape(s, k, horizon, -1)  # (S, K, H, D)
+    flat_futures = scenes.futures.reshape(s * k, *scenes.futures.shape[2:])
+    futures_target = inference.encode(model, flat_futures, target=True).reshape(s, k, horizon, -1)  # (S, K, H, D)
+    futures_online = inference.encode(model, flat_futures).reshape(s, k, horizon, -1)
     truth = futures_target[torch.arange(s), torch.as_tensor(scenes.realized)]  # (S, H, D)
 
     sampled, _ = inference.rollout(
@@ -121,14 +132,17 @@ def evaluate_family(model: WorldModel, scenes: ForkScenes, probe: RidgeProbe, co
     h_eval = horizon - 1
 
     modes = scenes.mode_positions()[:, :, h_eval]  # (S, K, 2)
-    sample_points = probe_positions(probe, sampled[:, :, h_eval])  # (S, N, 2)
+    color = palette_index(scenes.context_state["colors"][:, 0, 0], scenes.balls.palette)  # the forked ball's
+    sample_points = probe_positions(probe, sampled[:, :, h_eval], color)  # (S, N, 2)
     assigned = assign_modes(sample_points, modes)
-    mean_assigned = assign_modes(probe_positions(probe, mean[:, None, h_eval]), modes)
-    truth_assigned = assign_modes(probe_positions(probe, futures_target[:, :, h_eval]), modes)  # (S, K)
+    mean_assigned = assign_modes(probe_positions(probe, mean[:, None, h_eval], color), modes)
+    truth_points = probe_positions(probe, futures_target[:, :, h_eval], color)  # (S, K, 2)
+    truth_assigned = assign_modes(truth_points, modes)
     probe_accuracy = float((truth_assigned == np.arange(k)[None]).mean())
-    position_error = float(np.linalg.norm(probe_positions(probe, futures_target[:, :, h_eval]) - modes, axis=-1).mean())
+    position_error = float(np.linalg.norm(truth_points - modes, axis=-1).mean())
 
-    ranking = _energy_ranking(model, context_online, context_target, futures_target, scenes.realized, config)
+    ranking = _energy_ranking(model, context_online, context_target, futures_online, futures_target, scenes.realized,
+                              config)
     index = {m: i for i, m in enumerate(ns)}
     ratio = {f"best_of_{m}_over_deterministic": float(best[index[m], h_eval] / deterministic[h_eval]) for m in ns}
     return {
@@ -160,26 +174,25 @@ def evaluate_family(model: WorldModel, scenes: ForkScenes, probe: RidgeProbe, co
 
 
 @torch.no_grad()
-def _energy_ranking(model: WorldModel, online: torch.Tensor, target: torch.Tensor, futures_target: torch.Tensor,
-                    realized: np.ndarray, config: FuturesConfig) -> dict[str, object]:
-    """Energy (summed over the future, each frame given the `context` frames before it) of the true future against
-    futures from other scenes, and against the scene's other (equally possible) ways."""
+def _energy_ranking(model: WorldModel, online: torch.Tensor, target: torch.Tensor, futures_online: torch.Tensor,
+                    futures_target: torch.Tensor, realized: np.ndarray, config: FuturesConfig) -> dict[str, object]:
+    """Energy (summed over the future, each frame given the `context` frames before it, as `WorldModel.energy` does
+    it: online representations in, target representations compared) of the true future against futures from other
+    scenes, and against the scene's other (equally possible) ways."""
     s, k = futures_target.shape[:2]
     context = online.shape[1]
-    # Future frames as inputs: their target representations (the model feeds predictions, in target space, the same way).
-    def total_energy(future: torch.Tensor) -> torch.Tensor:
-        sequence_online = torch.cat([online, future], 1)
-        sequence_target = torch.cat([target, future], 1)
+
+    def total_energy(scene: np.ndarray, way: np.ndarray) -> torch.Tensor:
+        scene_t, way_t = torch.as_tensor(scene), torch.as_tensor(way)
+        sequence_online = torch.cat([online, futures_online[scene_t, way_t]], 1)
+        sequence_target = torch.cat([target, futures_target[scene_t, way_t]], 1)
         return inference.sliding_energy(model, sequence_online, sequence_target, context)[:, context:].sum(1)
 
-    rows = torch.arange(s)
-    true_energy = total_energy(futures_target[rows, torch.as_tensor(realized)])
+    rows = np.arange(s)
+    true_energy = total_energy(rows, realized)
     m = min(config.wrong_futures, s - 1)
-    wrong = torch.stack([
-        total_energy(futures_target[(rows + j) % s, torch.as_tensor(realized[(np.arange(s) + j) % s])])
-        for j in range(1, m + 1)
-    ], 1)  # (S, M)
-    others = [total_energy(futures_target[rows, torch.as_tensor((realized + j) % k)]) for j in range(1, k)]
+    wrong = torch.stack([total_energy((rows + j) % s, realized[(rows + j) % s]) for j in range(1, m + 1)], 1)  # (S, M)
+    others = [total_energy(rows, (realized + j) % k) for j in range(1, k)]
     result: dict[str, object] = {"vs_other_scenes": rank_statistics(true_energy.cpu().numpy(), wrong.cpu().numpy())}
     if others:
         result["vs_other_ways"] = rank_statistics(true_energy.cpu().numpy(), torch.stack(others, 1).cpu().numpy())

@@ -148,26 +148,27 @@ class LogisticProbe:
         m = torch.as_tensor(train.mask, dtype=torch.float32)
         weights = _class_weights(train.values, train.mask, num_classes)
         slots = train.values.shape[1]
-        best = (-np.inf, None)
-        for decay in LOGISTIC_DECAYS:
-            layer = nn.Linear(x.shape[1], slots * num_classes)
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
-            optimizer = torch.optim.LBFGS(layer.parameters(), lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+        self.layer = nn.Linear(x.shape[1], slots * num_classes)
+        nn.init.zeros_(self.layer.weight)
+        nn.init.zeros_(self.layer.bias)
+        best: tuple[float, dict | None] = (-np.inf, None)
+        # Strongest penalty first, each fit warm-started from the previous one: the path is cheap to follow.
+        for decay in sorted(LOGISTIC_DECAYS, reverse=True):
+            optimizer = torch.optim.LBFGS(self.layer.parameters(), lr=1.0, max_iter=max_iter, history_size=10,
+                                          tolerance_grad=1e-5, tolerance_change=1e-7, line_search_fn="strong_wolfe")
 
-            def closure() -> torch.Tensor:
+            def closure(decay: float = decay) -> torch.Tensor:
                 optimizer.zero_grad()
-                logits = layer(x).reshape(-1, slots, num_classes)
-                loss = _masked_cross_entropy(logits, y, m, weights) + decay * layer.weight.pow(2).sum()
+                logits = self.layer(x).reshape(-1, slots, num_classes)
+                loss = _masked_cross_entropy(logits, y, m, weights) + decay * self.layer.weight.pow(2).sum()
                 loss.backward()
                 return loss
 
             optimizer.step(closure)
-            self.layer = layer
             val_score = score("classification", self.predict(val.features), val)
             if best[1] is None or val_score > best[0]:
-                best = (val_score, layer)
-        self.layer = best[1]
+                best = (val_score, {k: v.clone() for k, v in self.layer.state_dict().items()})
+        self.layer.load_state_dict(best[1])
 
     @torch.no_grad()
     def predict(self, features: np.ndarray) -> np.ndarray:

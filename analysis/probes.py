@@ -3,8 +3,10 @@
 For every frame t >= 1 of held-out simulator clips the probe input is the representation of frames t-1 and t
 side by side (velocity is not visible in one still frame), and the targets are the simulator's state at t:
 
-    position, velocity, speed, radius          regression per ball slot (R2 over the balls present)
-    direction (8 bins), color, count           classification (balanced accuracy)
+    position, velocity, speed, radius          regression per ball, a ball being known by its colour (R2 over
+                                                the balls present)
+    direction (8 bins) per ball, colours present, count
+                                                classification (balanced accuracy)
     contact_within_k                            a ball touches another ball within the next k frames
     hidden_position                             position of a ball completely behind a (wide) occluder
 
@@ -119,17 +121,29 @@ def _rows(x: np.ndarray) -> np.ndarray:
     return x[:, 1:].reshape(-1, *x.shape[2:])
 
 
+def by_color(values: np.ndarray, state: dict[str, np.ndarray], palette: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Per-ball values (N, T, M, ...) rearranged by ball colour: (N, T, P, ...) for the P palette colours, plus the
+    (N, T, P) mask of the colours present. Colour is a ball's identity (a clip never repeats one), so "the red ball's
+    position" is a well-defined target, unlike "ball slot 1's", whose meaning depends on how many balls there are."""
+    colors = np.asarray(palette, np.int64)
+    match = (state["colors"][..., None, :].astype(np.int64) == colors).all(-1) & state["present"][..., None]  # N,T,M,P
+    present = match.any(2)
+    slot = match.argmax(2)  # (N, T, P): which slot holds colour p (0 where absent; masked)
+    gathered = np.take_along_axis(values, slot.reshape(*slot.shape, *([1] * (values.ndim - 3))), axis=2)
+    return np.where(present.reshape(*present.shape, *([1] * (values.ndim - 3))), gathered, 0), present
+
+
 def state_targets(state: dict[str, np.ndarray], num_balls: np.ndarray, balls: BallsConfig,
                   config: ProbeConfig) -> dict[str, Target]:
-    """Every frame-level target of a clip set, rows ordered like `_rows`."""
-    present = _rows(state["present"])  # (n, M)
-    pos, vel = _rows(state["positions"]), _rows(state["velocities"])
+    """Every frame-level target of a clip set, rows ordered like `_rows`; per-ball targets are per colour."""
+    palette = balls.palette
+    pos, present = by_color(state["positions"], state, palette)  # (N, T, P, 2), (N, T, P)
+    vel, _ = by_color(state["velocities"], state, palette)
+    radius, _ = by_color(state["radii"], state, palette)
+    pos, vel, radius, present = _rows(pos), _rows(vel), _rows(radius), _rows(present)
     speed = np.linalg.norm(vel, axis=-1)
     angle = np.mod(np.arctan2(vel[..., 1], vel[..., 0]), 2 * math.pi)
     bins = np.minimum((angle / (2 * math.pi / config.direction_bins)).astype(np.int64), config.direction_bins - 1)
-    palette = np.asarray(balls.palette, np.int64)
-    colors = _rows(state["colors"]).astype(np.int64)
-    color_index = (colors[:, :, None, :] == palette[None, None]).all(-1).argmax(-1)  # (n, M)
     two = np.repeat(present, 2, axis=1)
     length = state["present"].shape[1]
     contacts = ball_contacts(state)  # (N, T)
@@ -141,15 +155,18 @@ def state_targets(state: dict[str, np.ndarray], num_balls: np.ndarray, balls: Ba
             upcoming[:, t] = contacts[:, t + 1 : t + 1 + k].any(1)
             valid[:, t] = True
     counts = np.repeat(num_balls[:, None], length, axis=1)
+    everywhere = np.ones_like(present)
     return {
         "position": Target("regression", pos.reshape(len(pos), -1), two),
         "velocity": Target("regression", vel.reshape(len(vel), -1), two),
         "speed": Target("regression", speed, present),
-        "radius": Target("regression", _rows(state["radii"]), present),
+        "radius": Target("regression", radius, present),
         "direction": Target("classification", bins, present & (speed > 1e-9), config.direction_bins),
-        "color": Target("classification", color_index, present, len(palette)),
+        # Which colours are in the frame: one present / absent head per palette colour.
+        "color": Target("classification", present.astype(np.int64), everywhere, 2),
         "count": Target("classification", _rows(counts)[:, None], np.ones((len(pos), 1), bool), balls.max_balls + 1),
-        "contact_within_k": Target("classification", _rows(upcoming)[:, None].astype(np.int64), _rows(valid)[:, None], 2),
+        "contact_within_k": Target("classification", _rows(upcoming)[:, None].astype(np.int64),
+                                   _rows(valid)[:, None], 2),
     }
 
 
@@ -351,8 +368,9 @@ def _predicted_probe(model: WorldModel, clips, split: dict[str, np.ndarray], bal
         probe = fit_probe("linear", "regression", _subset(features, target, rows["train"]),
                           _subset(features, target, rows["val"]))
         per_horizon, copy_last = [], []
-        state = clips.state["positions" if name == "position" else "velocities"][test]  # (n, T, M, 2)
-        present = np.repeat(clips.state["present"][test], 2, axis=-1)  # (n, T, 2M)
+        values, present = by_color(clips.state["positions" if name == "position" else "velocities"], clips.state,
+                                   balls.palette)
+        state, present = values[test], np.repeat(present[test], 2, axis=-1)  # (n, T, P, 2), (n, T, 2P)
         # Baseline: the probe read on the last observed pair of frames, i.e. "the state stays as last seen".
         last_seen = probe.predict(
             torch.cat([target_reps[test, context - 2], target_reps[test, context - 1]], -1).cpu().double().numpy()
@@ -403,6 +421,7 @@ def contact_readout(model: WorldModel, control: WorldModel, balls: BallsConfig, 
             truth = test.values[:, 0].astype(bool)
             out[f"{tag}/{name}"] = {
                 "balanced_accuracy": balanced_accuracy(probe.predict(test.features)[:, 0], test.values[:, 0]),
-                "auroc": auroc(probability[truth], probability[~truth]) if truth.any() and (~truth).any() else float("nan"),
+                "auroc": auroc(probability[truth], probability[~truth])
+                if truth.any() and (~truth).any() else float("nan"),
             }
     return out

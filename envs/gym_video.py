@@ -606,12 +606,28 @@ class GymSource:
     """Put "actions" into the windows."""
     stride: int = 1
     num_envs: int = 4
+    progress: bool = False
+    """Show a progress bar while recording into the cache."""
     name: str = "gym"
 
     def recording(self) -> GymRecording:
         if self.path:
             return load_recording(self.path)
-        return load_or_record(self.cache_dir, self.spec, num_envs=self.num_envs)
+        bar = None
+        cached = (Path(self.cache_dir) / f"gym-{self.spec.key()}" / "meta.json").is_file()
+        if self.progress and not cached:
+            try:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=self.spec.episodes, desc=f"record {self.spec.env_id}", unit="episode")
+            except ImportError:
+                bar = None
+        try:
+            return load_or_record(self.cache_dir, self.spec, num_envs=self.num_envs,
+                                  progress=bar.update if bar is not None else None)
+        finally:
+            if bar is not None:
+                bar.close()
 
     def load(self, *, window: int, val_fraction: float, seed: int) -> SourceData:
         rec = self.recording()

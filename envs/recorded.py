@@ -186,40 +186,53 @@ def _scan_pyav(av: Any, path: Path, report: VideoReport, on_frame: Callable[[flo
             report.problem = "contains no video stream"
             return 0.0
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        # No frame threading: it hides decode errors and silently drops the frames queued around them.
         context = stream.codec_context
         report.codec = context.name if context is not None else "?"
         report.width, report.height = int(stream.width or 0), int(stream.height or 0)
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         report.fps = float(rate) if rate else 0.0
         report.header_frames = int(stream.frames or 0)
-        previous, deltas = None, []
+        times: list[float] = []
+        errors: list[BaseException] = []
+
+        def take(frame: Any) -> None:
+            nonlocal last_duration
+            if frame.time is not None:
+                time = float(frame.time)
+            else:  # no timestamps (some AVI/raw streams): assume the nominal rate
+                time = report.decoded_frames / report.fps if report.fps else float(report.decoded_frames)
+            times.append(time)
+            report.decoded_frames += 1
+            if report.decoded_frames == 1:
+                report.width, report.height = frame.width, frame.height
+            if on_frame is not None:
+                on_frame(time, frame)
+            if frame.duration and frame.time_base:
+                last_duration = float(frame.duration * frame.time_base)
+
+        # Packet by packet, so one corrupt packet is counted and skipped instead of ending the count there.
         try:
-            for frame in container.decode(stream):
-                if frame.time is not None:
-                    time = float(frame.time)
-                else:  # no timestamps (some AVI/raw streams): assume the nominal rate
-                    time = report.decoded_frames / report.fps if report.fps else float(report.decoded_frames)
-                if previous is not None:
-                    deltas.append(time - previous)
-                previous = time
-                report.decoded_frames += 1
-                if report.decoded_frames == 1:
-                    report.width, report.height = frame.width, frame.height
-                if on_frame is not None:
-                    on_frame(time, frame)
-                if frame.duration and frame.time_base:
-                    last_duration = float(frame.duration * frame.time_base)
-        except (av.FFmpegError, OSError, ValueError) as error:
-            announced = f" of {report.header_frames}" if report.header_frames else ""
+            for packet in container.demux(stream):
+                try:
+                    decoded = packet.decode()
+                except (av.FFmpegError, ValueError) as error:
+                    errors.append(error)
+                    continue
+                for frame in decoded:
+                    take(frame)
+        except (av.FFmpegError, OSError, ValueError) as error:  # the container itself is cut or damaged
+            errors.append(error)
+        if errors:
+            announced = f" of the {report.header_frames} the header announces" if report.header_frames else ""
             report.problem = (
-                f"decoding failed after {report.decoded_frames}{announced} frames (FFmpeg: {_ffmpeg_message(error)}); "
-                "the file is truncated or corrupt"
+                f"corrupt or truncated: {len(errors)} undecodable packet(s), {report.decoded_frames} frames{announced} "
+                f"decode (FFmpeg: {_ffmpeg_message(errors[0])})"
             )
             return last_duration
-        if len(deltas) >= 2:
-            positive = np.asarray([d for d in deltas if d > 0])
-            report.variable_fps = bool(positive.size and positive.max() > 1.1 * positive.min())
+        deltas = np.diff(np.asarray(times))
+        positive = deltas[deltas > 0]
+        report.variable_fps = bool(positive.size >= 2 and positive.max() > 1.1 * positive.min())
     _check_counts(report)
     return last_duration
 

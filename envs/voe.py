@@ -1,7 +1,7 @@
 """Violation-of-expectation (VoE) clip pairs for intuitive physics: a possible and an impossible clip, identical up
 to the violation frame and different from it on.
 
-Properties (each pair draws its own balls, speeds and event time; `variant` names the sub-case):
+Properties (each scene draws its own balls, speeds and event time; `variant` names the sub-case):
 
     permanence  a ball vanishes / appears, behind the occluder or in plain view
     continuity  a ball jumps (teleports) to another place and carries on
@@ -16,8 +16,12 @@ Properties (each pair draws its own balls, speeds and event time; `variant` name
                 model should pick the "impossible" one half the time)
 
 Worlds are run with the simulator's own dynamics (`BallsBatch`, kicks off) in interaction groups: balls in
-different groups never collide, which is how pass-through is made. Edits between steps (remove, teleport, recolour,
-reshape, resize, change velocity, flip gravity) make the impossible world. Both clips are painted with
+different groups never collide, which is how pass-through is made. Where it can be done (permanence, continuity,
+shape, color, size) a scene is two *possible* worlds spliced both ways at one frame, IntPhys-style: vanish and
+appear come from the same trajectory, so the impossible clips of a scene show exactly the frames its possible
+clips show, only joined impossibly. A model that merely reacts to how much moves is then at chance on the group
+(`VoEPairs.group`). Elsewhere an edit between steps (change velocity, flip gravity, ignore a wall or a ball) makes
+the impossible world. Both clips are painted with
 `envs.raster.Painter` (ball-only frames are bitwise the simulator's renderer) and the violation frame is *measured*
 as the first frame whose pixels differ, so "identical up to the violation frame" holds by construction and the
 frame is exactly when the impossible event becomes visible (a ball vanishing behind the occluder is seen only
@@ -103,8 +107,12 @@ class VoEPairs:
     """(P,) int64: first frame where the two clips differ."""
     variant: np.ndarray
     """(P,) str: the sub-case (e.g. 'vanish_occluder')."""
+    group: np.ndarray
+    """(P,) int64: the scene each pair comes from. Pairs of one scene are matched IntPhys-style (the impossible
+    clips are splices of the possible ones), so summed over the group the frame content is balanced."""
     seed: int
-    """Root seed; pair i was drawn from SeedSequence(seed, spawn_key=(property index, i, attempt))."""
+    """Root seed; scene j was drawn from SeedSequence(seed, spawn_key=(property index, j, attempt)); pairs are the
+    scenes' pairs in order, so a smaller set is a prefix of a larger one."""
     config: VoEConfig = field(default_factory=VoEConfig)
     """Suite settings used."""
 
@@ -278,41 +286,48 @@ def _set(index: int, **changes) -> Edit:
     return edit
 
 
-def _remove(index: int) -> Edit:
-    return lambda balls: [b for i, b in enumerate(balls) if i != index]
-
-
 def _hidden(b: Ball, columns: tuple[int, int], size: int) -> bool:
     """The ball is entirely behind the occluder columns [c0, c1) (anti-aliased rim included)."""
     c0, c1 = columns
     return b.x - b.radius - 0.5 / size >= c0 / size and b.x + b.radius + 0.5 / size <= c1 / size
 
 
-# A builder returns (possible frames, impossible frames, walls, occluder on, variant) or None to redraw.
-Built = tuple[list[list[Ball]], list[list[Ball]], tuple[Wall, ...], bool, str]
+# A pair: (possible frames, impossible frames, variant).
+# A builder returns (pairs, walls, occluder on), or None to redraw the scene.
+Pair = tuple[list[list[Ball]], list[list[Ball]], str]
+Built = tuple[list[Pair], tuple[Wall, ...], bool]
+
+
+def _swap(first: list[list[Ball]], second: list[list[Ball]], t: int, variants: tuple[str, str]) -> list[Pair]:
+    """Two matched pairs from two possible worlds and a splice frame t (the IntPhys design):
+    (first, first[:t] + second[t:]) and (second, second[:t] + first[t:]).
+
+    Every frame of the two impossible clips is a frame of one of the two possible clips, so frame content (how much
+    moves, how much is visible) is balanced across the pair of pairs: only the impossible transitions differ.
+    """
+    return [(first, first[:t] + second[t:], variants[0]), (second, second[:t] + first[t:], variants[1])]
+
+
+def _invisible(frames: list[list[Ball]], index: int = 0) -> list[list[Ball]]:
+    """The same world without ball `index` (simulated, never drawn): an empty scene with identical distractors."""
+    return [[replace(b, visible=b.visible and i != index) for i, b in enumerate(f)] for f in frames]
 
 
 def _permanence(scene: _Scene, index: int) -> Built | None:
-    variant = ("vanish_occluder", "appear_occluder", "vanish_view", "appear_view")[index % 4]
+    """Vanish + appear, both from one trajectory (ball world vs the same scene without the ball), behind the
+    occluder (even scenes) or in view (odd scenes)."""
     rng, v, size = scene.rng, scene.voe, scene.balls.image_size
     world = World(scene.balls)
-    t = scene.t_event()
-    if variant.endswith("view"):
+    if index % 2 == 1:
+        t = scene.t_event()
         main = scene.free_ball()
-        others = scene.distractor([main])
-        if variant == "vanish_view":
-            possible = world.run([main, *others], v.length)
-            impossible = world.run([main, *others], v.length, edits={t: _remove(0)})
-        else:
-            # The ball exists (invisibly) all along, so its path is the one a real ball would have taken.
-            hidden = replace(main, visible=False)
-            possible = world.run([hidden, *others], v.length)
-            impossible = world.run([hidden, *others], v.length, edits={t: _set(0, visible=True)})
-        if not _apart(possible, impossible):
+        trajectory = world.run([main, *scene.distractor([main])], v.length)
+        if not _apart(trajectory):
             return None
-        return possible, impossible, (), False, variant
+        return _swap(trajectory, _invisible(trajectory), t, ("vanish_view", "appear_view")), (), False
 
     # Behind the occluder: a ball crosses it horizontally and comes out on the far side at frame ~t.
+    t = scene.t_event()
     columns = replace(scene.balls, occluder=True, occluder_x=v.occluder_x,
                       occluder_width=v.occluder_width).occluder_columns()
     r, s = scene.radius(), scene.speed()
@@ -326,24 +341,15 @@ def _permanence(scene: _Scene, index: int) -> Built | None:
     if not (r <= x0 <= 1 - r and r <= y0 <= 1 - r):
         return None
     main = scene.ball(x0, y0, direction * s, vy, r)
-    others = scene.distractor([main])
-    trajectory = world.run([main, *others], v.length)
+    trajectory = world.run([main, *scene.distractor([main])], v.length)
     hidden = [k for k, balls in enumerate(trajectory) if _hidden(balls[0], columns, size)]
     if not hidden or hidden[0] == 0 or len(hidden) > v.max_hidden_frames or hidden[-1] + 1 >= v.length:
         return None
-    first_hidden, last_hidden = hidden[0], hidden[-1]
-    if variant == "vanish_occluder":
-        possible = trajectory
-        # Made invisible once fully hidden (nobody sees that happen); it never comes out again.
-        impossible = world.run([main, *others], v.length, edits={first_hidden: _set(0, visible=False)})
-    else:
-        # Nothing goes in; in the impossible clip a ball comes out that was never there before its last hidden frame.
-        possible = [[replace(b, visible=i != 0) for i, b in enumerate(f)] for f in trajectory]
-        impossible = [[replace(b, visible=i != 0 or k >= last_hidden) for i, b in enumerate(f)]
-                      for k, f in enumerate(trajectory)]
-    if not _apart(possible, impossible):
+    if not _apart(trajectory):
         return None
-    return possible, impossible, (), True, variant
+    # Spliced while the ball is out of sight: nobody sees it vanish or appear, only that it fails to come out / comes
+    # out of nowhere.
+    return _swap(trajectory, _invisible(trajectory), hidden[0], ("vanish_occluder", "appear_occluder")), (), True
 
 
 def _event_ball(scene: _Scene, t: int, margin: float = 0.0) -> tuple[Ball, list[Ball], World, list[list[Ball]]] | None:
@@ -359,44 +365,48 @@ def _event_ball(scene: _Scene, t: int, margin: float = 0.0) -> tuple[Ball, list[
 
 
 def _continuity(scene: _Scene, index: int) -> Built | None:
+    """Two possible worlds: the ball, and the ball shifted by 0.25-0.45 of the image; spliced, it jumps (both ways)."""
     t = scene.t_event()
-    made = _event_ball(scene, t)
-    if made is None:
-        return None
-    main, others, world, possible = made
-    before = possible[t - 1][0]
+    world = World(scene.balls)
+    main = scene.free_ball()
+    others = scene.distractor([main])
+    first = world.run([main, *others], scene.voe.length)
+    before = first[t - 1][0]
     for _ in range(20):
         angle = scene.rng.uniform(0, 2 * math.pi)
         jump = scene.rng.uniform(0.25, 0.45)
-        x, y = before.x + jump * math.cos(angle), before.y + jump * math.sin(angle)
-        if before.radius + 0.02 <= x <= 1 - before.radius - 0.02 and before.radius + 0.02 <= y <= 1 - before.radius - 0.02:
+        dx, dy = jump * math.cos(angle), jump * math.sin(angle)
+        margin = before.radius + 0.02
+        if margin <= before.x + dx <= 1 - margin and margin <= before.y + dy <= 1 - margin \
+                and margin <= main.x + dx <= 1 - margin and margin <= main.y + dy <= 1 - margin:
             break
     else:
         return None
-    impossible = world.run([main, *others], scene.voe.length, edits={t: _set(0, x=x, y=y)})
-    if not _apart(possible, impossible):
+    second = world.run([replace(main, x=main.x + dx, y=main.y + dy), *others], scene.voe.length)
+    if not _apart(first, second):
         return None
-    return possible, impossible, (), False, "teleport"
+    return _swap(first, second, t, ("teleport", "teleport_back")), (), False
 
 
 def _appearance(scene: _Scene, index: int, what: str) -> Built | None:
+    """Two possible worlds differing in one feature of the ball (shape, colour or size); spliced, it changes."""
     t = scene.t_event()
-    made = _event_ball(scene, t)
-    if made is None:
-        return None
-    main, others, world, possible = made
+    world = World(scene.balls)
+    main = scene.free_ball()
+    others = scene.distractor([main])
     if what == "shape":
-        change, variant = {"kind": "square"}, "disc_to_square"
+        other, variants = replace(main, kind="square"), ("disc_to_square", "square_to_disc")
     elif what == "color":
-        change, variant = {"color": scene.colors[1]}, "recolor"
+        other, variants = replace(main, color=scene.colors[1]), ("recolor", "recolor_back")
     else:
-        factor = 0.6 if index % 2 == 0 else 1.6
-        radius = min(main.radius * factor, 0.2)
-        change, variant = {"radius": radius}, "shrink" if factor < 1 else "grow"
-    impossible = world.run([main, *others], scene.voe.length, edits={t: _set(0, **change)})
-    if not _apart(possible, impossible):
+        radius = min(main.radius * 1.6, 0.2)
+        x, y = min(max(main.x, radius), 1 - radius), min(max(main.y, radius), 1 - radius)
+        other, variants = replace(main, radius=radius, x=x, y=y), ("grow", "shrink")
+    first = world.run([main, *others], scene.voe.length)
+    second = world.run([other, *others], scene.voe.length)
+    if not _apart(first, second):
         return None
-    return possible, impossible, (), False, variant
+    return _swap(first, second, t, variants), (), False
 
 
 def _solidity(scene: _Scene, index: int) -> Built | None:
@@ -419,7 +429,7 @@ def _solidity(scene: _Scene, index: int) -> Built | None:
     # The impossible ball must really be seen inside the wall, not merely touching it.
     if not any(left + 0.5 / size < b[0].x < right - 0.5 / size or abs(b[0].x - wall.x) < r for b in impossible[t:]):
         return None
-    return possible, impossible, (wall,), False, "pass_through_wall"
+    return [(possible, impossible, "pass_through_wall")], (wall,), False
 
 
 def _gravity(scene: _Scene, index: int) -> Built | None:
@@ -436,7 +446,7 @@ def _gravity(scene: _Scene, index: int) -> Built | None:
     for frames in (possible, impossible):
         if not all(_inside_margin(frames[k][0], 0.04) for k in range(t - 1, min(t + 3, v.length))):
             return None
-    return possible, impossible, (), False, "falls_upward"
+    return [(possible, impossible, "falls_upward")], (), False
 
 
 def _inertia(scene: _Scene, index: int) -> Built | None:
@@ -466,7 +476,7 @@ def _inertia(scene: _Scene, index: int) -> Built | None:
         return None
     if not _apart(possible, impossible):
         return None
-    return possible, impossible, (), False, variant
+    return [(possible, impossible, variant)], (), False
 
 
 def _collision(scene: _Scene, index: int) -> Built | None:
@@ -493,7 +503,7 @@ def _collision(scene: _Scene, index: int) -> Built | None:
     # The pass-through must be visible: the balls overlap in some frame of the impossible clip.
     if not any(math.hypot(f[0].x - f[1].x, f[0].y - f[1].y) < 0.8 * (ra + rb) for f in impossible):
         return None
-    return possible, impossible, (), False, "pass_through_ball"
+    return [(possible, impossible, "pass_through_ball")], (), False
 
 
 def _control(scene: _Scene, index: int) -> Built | None:
@@ -517,7 +527,7 @@ def _control(scene: _Scene, index: int) -> Built | None:
         worlds.append(world.run([main, *others], scene.voe.length, edits={t: kick}))
     if not _apart(*worlds):
         return None
-    return worlds[0], worlds[1], (), False, "two_kicks"
+    return [(worlds[0], worlds[1], "two_kicks")], (), False
 
 
 def _rotate(v: np.ndarray, angle: float) -> np.ndarray:
@@ -547,7 +557,8 @@ def generate_pairs(
 ) -> VoEPairs:
     """`num_pairs` matched pairs of `property`, drawn with the simulator settings `balls` (size, colours, speeds).
 
-    Pair i depends only on (balls, property, voe, seed, i). Raises ValueError naming the property when the
+    Scene j depends only on (balls, property, voe, seed, j); permanence, continuity, shape, color and size scenes
+    give two matched pairs each (see `_swap`), the others one. Raises ValueError naming the property when the
     settings cannot produce it (e.g. clips too short for the event window).
     """
     voe = voe or VoEConfig()
@@ -562,38 +573,58 @@ def generate_pairs(
     possible = np.empty((num_pairs, length, side, side, 3), np.uint8)
     impossible = np.empty_like(possible)
     frames_at = np.empty(num_pairs, np.int64)
+    groups = np.empty(num_pairs, np.int64)
     variants: list[str] = []
     occluded = replace(balls, occluder=True, occluder_x=voe.occluder_x, occluder_width=voe.occluder_width)
     painters = {False: Painter(replace(balls, occluder=False)), True: Painter(occluded)}
-    for i in range(num_pairs):
+    filled, scene = 0, 0
+    while filled < num_pairs:
         for attempt in range(_MAX_ATTEMPTS):
-            rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(prop_index, i, attempt)))
-            built = _BUILDERS[property](_Scene(balls, voe, rng), i)
+            rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(prop_index, scene, attempt)))
+            built = _BUILDERS[property](_Scene(balls, voe, rng), scene)
             if built is None:
                 continue
-            world_p, world_i, walls, occluder, variant = built
-            painter = painters[occluder]
-            clip_p = painter.paint_clip([[b.shape() for b in f if b.visible] for f in world_p], walls)
-            clip_i = painter.paint_clip([[b.shape() for b in f if b.visible] for f in world_i], walls)
-            differs = np.flatnonzero((clip_p != clip_i).reshape(length, -1).any(-1))
-            if differs.size == 0:
-                continue
-            t = int(differs[0])
-            if voe.min_violation_frame <= t <= length - voe.min_frames_after:
-                possible[i], impossible[i], frames_at[i] = clip_p, clip_i, t
-                variants.append(variant)
+            pairs, walls, occluder = built
+            painted = [_paint_pair(painters[occluder], walls, pair, voe) for pair in pairs]
+            if all(p is not None for p in painted):
                 break
         else:
             raise ValueError(
-                f"could not draw VoE pair {i} of property {property!r} in {_MAX_ATTEMPTS} tries with "
+                f"could not draw VoE scene {scene} of property {property!r} in {_MAX_ATTEMPTS} tries with "
                 f"length={voe.length}, min_violation_frame={voe.min_violation_frame}, image_size={side}; "
                 "use longer clips or a smaller min_violation_frame"
             )
+        for (clip_p, clip_i, t), (_, _, variant) in zip(painted, pairs):
+            if filled == num_pairs:
+                break
+            possible[filled], impossible[filled], frames_at[filled], groups[filled] = clip_p, clip_i, t, scene
+            variants.append(variant)
+            filled += 1
+        scene += 1
     return VoEPairs(property=property, possible=possible, impossible=impossible, violation_frame=frames_at,
-                    variant=np.asarray(variants), seed=int(seed), config=voe)
+                    variant=np.asarray(variants), group=groups, seed=int(seed), config=voe)
+
+
+def _paint_pair(painter: Painter, walls: tuple[Wall, ...], pair: Pair, voe: VoEConfig
+                ) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """(possible clip, impossible clip, violation frame), or None when the first difference falls outside the
+    allowed window (or there is none)."""
+    world_p, world_i, _ = pair
+    clip_p = painter.paint_clip([[b.shape() for b in f if b.visible] for f in world_p], walls)
+    clip_i = painter.paint_clip([[b.shape() for b in f if b.visible] for f in world_i], walls)
+    differs = np.flatnonzero((clip_p != clip_i).reshape(voe.length, -1).any(-1))
+    if differs.size == 0:
+        return None
+    t = int(differs[0])
+    if not voe.min_violation_frame <= t <= voe.length - voe.min_frames_after:
+        return None
+    return clip_p, clip_i, t
 
 
 def voe_config_for(context: int, *, frames_after: int = 6, **overrides) -> VoEConfig:
-    """A suite config for a model that reads `context` frames: violations no earlier than context + 2."""
+    """A suite config for a model that reads `context` frames: violations no earlier than context + 2, and a ball
+    hidden for at most context - 1 frames, so the window that judges the frame it should re-emerge in still shows
+    it going in."""
     start = context + 2
+    overrides.setdefault("max_hidden_frames", max(1, context - 1))
     return VoEConfig(length=start + frames_after + 1, min_violation_frame=start, min_frames_after=3, **overrides)

@@ -136,6 +136,9 @@ def parser() -> argparse.ArgumentParser:
     from .cli_data import add_data_parser
 
     add_data_parser(commands)
+    from analysis.cli import add_analysis_parsers  # futures / probe / surprise / report
+
+    add_analysis_parsers(commands)
     return root
 
 

@@ -42,7 +42,7 @@ def make_source(config: TrainConfig) -> VideoSource:
             policy=data.policy, frame_skip=data.frame_skip, max_episode_steps=data.max_episode_steps,
         )
         return GymSource(spec, path=data.path, cache_dir=data.cache_dir, with_actions=data.actions,
-                         stride=data.window_stride)
+                         stride=data.window_stride, progress=config.run.progress)
     if data.source == "recorded":
         from envs.recorded import DecodeSettings, RecordedSource
 

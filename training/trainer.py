@@ -50,6 +50,7 @@ from worldmodel.serialization import CheckpointError
 
 from . import distributed
 from .checkpoint import (
+    checkpoint_root,
     latest_checkpoint,
     load_checkpoint,
     rank_rng_state,
@@ -92,7 +93,7 @@ class TrainResult:
     """Name of the signal that stopped the run early ("SIGTERM"), or "" when it ran to run.steps. An interrupted
     run wrote a checkpoint at `steps` but no final model; continue it with resume=True."""
     checkpoint: Path | None = None
-    """The newest checkpoint this run wrote (rank 0)."""
+    """The newest checkpoint of this run (every rank knows where rank 0 wrote it)."""
     param_digest: str = ""
     """sha256 of this rank's final weights (training.distributed.state_digest); equal on all ranks."""
     rank: int = 0
@@ -556,7 +557,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     Returns early with `interrupted` set after SIGTERM/SIGINT; raises NonFiniteLossError on a non-finite loss.
     """
     config.validate()
-    owns_group = not torch.distributed.is_initialized()
+    owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     context, device = distributed.init_distributed(config.run.device)
     try:
         return _train(config, resume, context, device)
@@ -676,8 +677,7 @@ def _loop(setup: TrainingSetup, datasets, point: _ResumePoint, out_dir: Path, fa
             # process can stop right after the step during which the signal arrived.
             stop = out.stop or (not context.enabled and signals.requested is not None)
             if done % run.checkpoint_every == 0 or done == run.steps or stop:
-                written = _checkpoint(setup, datasets, done, out_dir, tracker, metrics_log)
-                result.checkpoint = written or result.checkpoint
+                result.checkpoint = _checkpoint(setup, datasets, done, out_dir, tracker, metrics_log)
             result.steps = done
             if faults.kill_after_step == done:
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -708,12 +708,12 @@ def _loop(setup: TrainingSetup, datasets, point: _ResumePoint, out_dir: Path, fa
     return _finish(setup, datasets, result, tracker)
 
 
-def _checkpoint(setup: TrainingSetup, datasets, done: int, out_dir: Path, tracker, metrics_log) -> Path | None:
+def _checkpoint(setup: TrainingSetup, datasets, done: int, out_dir: Path, tracker, metrics_log) -> Path:
     """Every rank hands rank 0 its RNG state; rank 0 writes the checkpoint and evaluates on validation."""
     config, context = setup.config, setup.context
     rngs = distributed.gather_objects(context, rng_state(setup.device))
     if not context.is_main:
-        return None
+        return checkpoint_root(out_dir) / f"step-{done:09d}"  # where rank 0 writes it (for messages)
     global_batch = config.data.batch_size * context.world_size
     path = save_checkpoint(
         out_dir, step=done, model=setup.model, optimizer=setup.optimizer, schedule=setup.schedule, config=config,

@@ -84,6 +84,10 @@ class RegularizerConfig:
     """Weight of the hinge pushing every dimension's std above `target_std`."""
     covariance_weight: float = 0.04
     """Weight of the squared off-diagonal covariance (decorrelates dimensions)."""
+    temporal_weight: float = 2.0
+    """Weight of the time-similarity term mean ||s_{t+1} - s_t||^2 / D on online representations (as in PLDM,
+    Sobal et al. 2025). The targets get no gradient, so without it nothing stops the encoder from filling its
+    variance budget with features that jump between consecutive frames, which no predictor can extrapolate."""
     target_std: float = 1.0
     """The per-dimension std the variance hinge asks for."""
 

@@ -57,7 +57,9 @@ class WorldModel(nn.Module):
     """Encoder + EMA target encoder + causal predictor + latent z + pixel decoder. See the module docstring."""
 
     # The loss terms and the config weight that scales each; `loss` asserts it produced exactly these.
-    LOSS_TERMS = ("prediction", "rollout", "capacity", "prior_fit", "variance", "covariance", "reconstruction")
+    LOSS_TERMS = (
+        "prediction", "rollout", "capacity", "prior_fit", "variance", "covariance", "temporal", "reconstruction"
+    )
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -222,6 +224,7 @@ class WorldModel(nn.Module):
             "prior_fit": 1.0,
             "variance": config.regularizer.variance_weight,
             "covariance": config.regularizer.covariance_weight,
+            "temporal": config.regularizer.temporal_weight,
             "reconstruction": config.decoder.weight,
         }
         losses = {
@@ -231,6 +234,7 @@ class WorldModel(nn.Module):
             "prior_fit": self.latent.prior_fit_loss(prior, posterior),
             "variance": regularizers.variance_loss(online, config.regularizer.target_std),
             "covariance": regularizers.covariance_loss(online),
+            "temporal": regularizers.temporal_loss(online),
             # Detached: the decoder learns to render representations, it never shapes them.
             "reconstruction": (self.decode(target.detach()) - frames).pow(2).mean(),
         }

@@ -34,6 +34,11 @@ def covariance_loss(representations: torch.Tensor) -> torch.Tensor:
     return off_diagonal.pow(2).sum() / dim
 
 
+def temporal_loss(representations: torch.Tensor) -> torch.Tensor:
+    """Mean squared change between consecutive frames, per dimension: (B, T, D) -> scalar."""
+    return (representations[:, 1:] - representations[:, :-1]).float().pow(2).mean()
+
+
 @torch.no_grad()
 def effective_rank(representations: torch.Tensor) -> float:
     """exp(entropy of the normalised singular values) of the centred representations: 1 (collapsed) .. D."""

@@ -1,0 +1,251 @@
+"""Analysis subcommands of the `worldmodel` command line (registered by training/cli.py via `add_analysis_parsers`):
+
+    worldmodel futures  --checkpoint DIR [--scenes 128 --samples 20 --horizon 10] [--compare DIR ...]
+    worldmodel probe    --checkpoint DIR [--clips 256 --ood-clips 64 --hidden-clips 192 --contact-clips 256]
+    worldmodel surprise --checkpoint DIR [--pairs 256 --controls 5 --properties permanence,continuity,...]
+    worldmodel report   --checkpoint DIR [all of the sizes above] [--skip probe,...]
+
+Each writes <out>/<name>.json (default out: <run>/analysis/) and prints a summary; results also go to the run's
+mlflow.db as a run tagged analysis=<name> (off with --no-mlflow). Every size is a flag so that tests can run the
+commands in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from envs.voe import PROPERTIES
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def _names(allowed: tuple[str, ...]):
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(n.strip() for n in text.split(",") if n.strip())
+        unknown = [n for n in names if n not in allowed]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"unknown {unknown or text!r}; choose from {', '.join(allowed)}")
+        return names
+
+    return parse
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="model, run or checkpoint directory")
+    parser.add_argument("--out", help="output folder (default: <run>/analysis)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--window", type=int, default=0,
+                        help="most recent inputs the predictor sees (default: its training window, from config.yaml)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch and BLAS (0: library default)")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log into the run's mlflow.db")
+
+
+def _futures_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scenes", type=_positive, default=128, help="fork scenes per family")
+    parser.add_argument("--samples", type=_positive, default=20, help="prior samples per scene (>= 20 for N=20)")
+    parser.add_argument("--horizon", type=_positive, default=10, help="future frames")
+    parser.add_argument("--probe-clips", type=_positive, default=160, help="clips the frozen position probe is fit on")
+    parser.add_argument("--compare", nargs="*", default=[], help="other checkpoints for the capacity trade-off curve")
+
+
+def _probe_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--clips", type=_positive, default=256, help="in-distribution clips (train/val/test by clip)")
+    parser.add_argument("--ood-clips", type=_positive, default=64, help="out-of-distribution test clips")
+    parser.add_argument("--hidden-clips", type=_positive, default=192, help="clips with a wide occluder")
+    parser.add_argument("--contact-clips", type=_positive, default=256, help="clips for the contact readout")
+    parser.add_argument("--length", type=_positive, default=16, help="frames per probe clip")
+    parser.add_argument("--mlp-epochs", type=_positive, default=150)
+    parser.add_argument("--probe-models", type=_names(("linear", "mlp")), default=("linear", "mlp"))
+
+
+def _surprise_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pairs", type=_positive, default=256, help="matched pairs per property")
+    parser.add_argument("--controls", type=int, default=5, help="randomly initialised control models")
+    parser.add_argument("--properties", type=_names(PROPERTIES), default=PROPERTIES,
+                        help=f"comma-separated subset of {','.join(PROPERTIES)}")
+    parser.add_argument("--frames-after", type=_positive, default=6, help="frames after the earliest violation")
+
+
+def add_analysis_parsers(commands: argparse._SubParsersAction) -> None:
+    """Register futures / probe / surprise / report on the `worldmodel` subcommand parser."""
+    futures = commands.add_parser("futures", help="measure multiple futures on fork scenes with known odds")
+    _common(futures)
+    _futures_args(futures)
+    futures.set_defaults(handler=command_futures)
+
+    probe = commands.add_parser("probe", help="linear / MLP probes of physical state vs random-init and pixels")
+    _common(probe)
+    _probe_args(probe)
+    probe.set_defaults(handler=command_probe)
+
+    surprise = commands.add_parser("surprise", help="violation-of-expectation suite vs random-init controls")
+    _common(surprise)
+    _surprise_args(surprise)
+    surprise.set_defaults(handler=command_surprise)
+
+    report = commands.add_parser("report", help="all analyses + figures + videos in one folder (index.html)")
+    _common(report)
+    _futures_args(report)
+    _probe_args(report)
+    _surprise_args(report)
+    report.add_argument("--skip", type=_names(("futures", "probe", "surprise")), default=(),
+                        help="analyses to leave out")
+    report.set_defaults(handler=command_report)
+
+
+# --------------------------------------------------------------------------------------------------- handlers
+
+
+def _setup(args: argparse.Namespace):
+    """Threads, model, simulator settings, predictor window and output folder of a command."""
+    import torch
+
+    from .inference import trained_window
+    from .loading import load_model, simulator_config
+    from .report import check_model
+    from .tracking import run_directory
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+        try:  # numpy's BLAS threads fight torch's for the same cores; cap them too when asked
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(args.threads)
+        except ImportError:
+            os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
+    model, model_dir = load_model(args.checkpoint, device=args.device)
+    check_model(model)
+    model.eval()
+    balls = simulator_config(model_dir, model.config.image_size)
+    window = args.window or trained_window(model, model_dir)
+    run_dir = run_directory(model_dir)
+    out = Path(args.out) if args.out else (run_dir or model_dir.parent) / "analysis"
+    out.mkdir(parents=True, exist_ok=True)
+    return model, model_dir, balls, window, run_dir, out
+
+
+def _futures_config(args: argparse.Namespace):
+    from .multifuture import FuturesConfig
+
+    ns = tuple(n for n in (1, 5, 10, 20) if n <= args.samples)
+    return FuturesConfig(scenes=args.scenes, samples=args.samples, ns=ns, horizon=args.horizon,
+                         probe_clips=args.probe_clips)
+
+
+def _probe_config(args: argparse.Namespace):
+    from .probes import ProbeConfig
+
+    return ProbeConfig(clips=args.clips, ood_clips=args.ood_clips, hidden_clips=args.hidden_clips,
+                       contact_clips=args.contact_clips, length=args.length, mlp_epochs=args.mlp_epochs,
+                       probe_models=tuple(args.probe_models))
+
+
+def _surprise_config(args: argparse.Namespace):
+    from .surprise import SurpriseConfig
+
+    return SurpriseConfig(pairs=args.pairs, controls=args.controls, properties=tuple(args.properties),
+                          frames_after=args.frames_after)
+
+
+def _finish(name: str, result: dict[str, Any], out: Path, run_dir: Path | None, args: argparse.Namespace,
+            model_dir: Path, figures: list[Path]) -> None:
+    from .report import headline, headline_table
+    from .tracking import log_analysis
+
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(result, indent=1))
+    print(headline_table(headline({name: result})))
+    print(f"wrote {path}" + "".join(f" and {f}" for f in figures))
+    if not args.no_mlflow:
+        run_id = log_analysis(run_dir, name, result, [path, *figures], params={"checkpoint": str(model_dir)})
+        if run_id:
+            print(f"logged to MLflow run {run_id} (tag analysis={name}) in {run_dir / 'mlflow.db'}")
+
+
+def command_futures(args: argparse.Namespace) -> int:
+    from . import plots
+    from .inference import trained_window
+    from .loading import load_model
+    from .multifuture import capacity_point, run_futures
+
+    model, model_dir, balls, window, run_dir, out = _setup(args)
+    result = run_futures(model, balls, _futures_config(args), window=window)
+    points = [dict(result["capacity"], checkpoint=str(model_dir))]
+    for other in args.compare:
+        other_model, other_dir = load_model(other, device=args.device)
+        points.append(dict(capacity_point(other_model.eval(), balls, window=trained_window(other_model, other_dir)),
+                           checkpoint=str(other_dir)))
+    result["capacity_curve"] = points
+    for name, family in result["families"].items():
+        at = family["at_horizon"]
+        print(f"{name}: best-of-N / deterministic at h={at['horizon']}: "
+              + ", ".join(f"N={k.split('_')[2]} {v:.3f}" for k, v in at.items() if k.startswith("best_of"))
+              + f"; coverage {family['mode_coverage']}; calibration TV {family['calibration']['total_variation']:.3f}")
+    figures = [plots.futures_curves(result, out / "futures.png"), plots.capacity_curve(points, out / "capacity.png")]
+    _finish("futures", result, out, run_dir, args, model_dir, figures)
+    return 0
+
+
+def command_probe(args: argparse.Namespace) -> int:
+    from . import plots
+    from .probes import run_probes
+
+    model, model_dir, balls, window, run_dir, out = _setup(args)
+    result = run_probes(model, balls, _probe_config(args), window=window)
+    print(f"{'target':<18}{'metric':<20}{'chance':>8}" + "".join(f"{f:>14}" for f in ("model", "random_init", "pixels"))
+          + f"{'model OOD':>12}")
+    for name, entry in result["targets"].items():
+        results = entry["results"]
+        cells = "".join(f"{results[f]['linear']['test']:>14.3f}" if f in results else f"{'-':>14}"
+                        for f in ("model", "random_init", "pixels"))
+        ood = results.get("model", {}).get("linear", {}).get("ood")
+        ood_cell = f"{ood:>12.3f}" if ood is not None else ""
+        print(f"{name:<18}{entry['metric']:<20}{entry['chance']:>8.3f}{cells}{ood_cell}")
+    figures = [plots.probe_bars(result, out / "probes-linear.png"),
+               plots.predicted_probe_curves(result, out / "probes-predicted.png")]
+    if "mlp" in args.probe_models:
+        figures.append(plots.probe_bars(result, out / "probes-mlp.png", "mlp"))
+    _finish("probe", result, out, run_dir, args, model_dir, figures)
+    return 0
+
+
+def command_surprise(args: argparse.Namespace) -> int:
+    from . import plots
+    from .surprise import run_surprise
+
+    model, model_dir, balls, window, run_dir, out = _setup(args)
+    result = run_surprise(model, balls, _surprise_config(args))
+    print(f"{'property':<12}{'signal':<8}{'accuracy':>9}{'AUROC':>8}{'peak':>7}{'control':>9}{'h':>7}")
+    for name, entry in result["properties"].items():
+        for signal in ("energy", "prior", "change"):
+            e = entry[signal]
+            control = e.get("control_accuracy_mean", float("nan"))
+            print(f"{name:<12}{signal:<8}{e['pairwise_accuracy']:>9.3f}{e['auroc']:>8.3f}{e['peak_aligned']:>7.2f}"
+                  f"{control:>9.3f}{e.get('effect_size_h', float('nan')):>7.2f}")
+    figures = [plots.voe_bars(result, out / "voe.png"), plots.surprise_curves(result, out / "surprise-energy.png"),
+               plots.surprise_curves(result, out / "surprise-prior.png", "prior")]
+    _finish("surprise", result, out, run_dir, args, model_dir, figures)
+    return 0
+
+
+def command_report(args: argparse.Namespace) -> int:
+    from .report import ReportConfig, build_report
+
+    model, model_dir, _, window, run_dir, out = _setup(args)
+    del model
+    config = ReportConfig(futures=_futures_config(args), probes=_probe_config(args),
+                          surprise=_surprise_config(args), skip=tuple(args.skip), compare=tuple(args.compare))
+    target = Path(args.out) if args.out else out / "report"
+    index = build_report(args.checkpoint, target, config, device=args.device, window=window,
+                         mlflow=not args.no_mlflow)
+    print(f"open {index}")
+    return 0

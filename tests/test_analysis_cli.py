@@ -1,0 +1,129 @@
+"""The analysis commands end to end at tiny sizes: futures, probe, surprise and report write their JSON, figures and
+videos, log a nested analysis run into the run's mlflow.db, and bad input gets a one-line error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.cli import main
+from training.config import debug
+from training.config_io import apply_overrides, save_yaml
+from worldmodel import WorldModel
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models: one thread avoids oversubscribing the two cores the suite runs on.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A run directory as training leaves it: config.yaml, model/, and an mlflow.db with a few logged steps."""
+    from training.tracking import MlflowTracker
+
+    root = tmp_path_factory.mktemp("run")
+    config = apply_overrides(debug(), [f"run.out_dir={root}"])
+    save_yaml(config, root / "config.yaml")
+    torch.manual_seed(0)
+    WorldModel(config.model).save(root / "model")
+    tracker = MlflowTracker(root, "worldmodel", "train")
+    for step in (10, 20, 30):
+        tracker.log_metrics({"loss/total": 1.0 / step, "error/prediction": 0.5 / step, "error/copy_last": 0.1,
+                             "collapse/effective_rank": 10.0 + step, "collapse/std_min": 0.5}, step=step)
+    tracker.finish()
+    return root
+
+
+COMMON = ["--threads", "1"]
+
+
+def test_probe_command(run_dir, tmp_path, capsys):
+    out = tmp_path / "probe"
+    code = main(["probe", "--checkpoint", str(run_dir), "--out", str(out), "--clips", "16", "--ood-clips", "4",
+                 "--hidden-clips", "16", "--contact-clips", "12", "--length", "9", "--mlp-epochs", "2", "--no-mlflow",
+                 *COMMON])
+    assert code == 0
+    result = json.loads((out / "probe.json").read_text())
+    names = {"position", "velocity", "speed", "radius", "direction", "color", "count", "contact_within_k"}
+    assert names <= set(result["targets"])
+    position = result["targets"]["position"]
+    assert set(position["results"]) == {"model", "random_init", "pixels"}
+    assert set(position["results"]["model"]) == {"linear", "mlp"}
+    assert set(position["results"]["model"]["linear"]) == {"test", "ood"}
+    assert result["targets"]["direction"]["chance"] == pytest.approx(1 / 8, abs=0.05)
+    assert "model/observed+rollout" in result["contact_readout"]
+    assert len(result["predicted"]["position"]["r2_by_horizon"]) == len(result["predicted"]["horizons"])
+    assert (out / "probes-linear.png").stat().st_size > 1000
+    assert "position R2" in capsys.readouterr().out
+
+
+def test_surprise_command_logs_a_nested_analysis_run(run_dir, tmp_path):
+    out = tmp_path / "surprise"
+    code = main(["surprise", "--checkpoint", str(run_dir), "--out", str(out), "--pairs", "4", "--controls", "2",
+                 "--properties", "permanence,control", "--frames-after", "4", *COMMON])
+    assert code == 0
+    result = json.loads((out / "surprise.json").read_text())
+    assert set(result["properties"]) == {"permanence", "control"}
+    energy = result["properties"]["permanence"]["energy"]
+    for key in ("pairwise_accuracy", "auroc", "peak_aligned", "control_accuracy_mean", "effect_size_h"):
+        assert key in energy and 0.0 <= energy["pairwise_accuracy"] <= 1.0
+    assert "prior" in result["properties"]["permanence"]
+    assert (out / "surprise-energy.png").is_file() and (out / "voe.png").is_file()
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{(run_dir / 'mlflow.db').resolve()}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    analysis = [r for r in runs if r.data.tags.get("analysis") == "surprise"]
+    training = [r for r in runs if "analysis" not in r.data.tags]
+    assert len(analysis) == 1 and len(training) == 1
+    assert analysis[0].data.tags["mlflow.parentRunId"] == training[0].info.run_id
+    assert "properties/permanence/energy/pairwise_accuracy" in analysis[0].data.metrics
+
+
+def test_futures_command(run_dir, tmp_path):
+    out = tmp_path / "futures"
+    code = main(["futures", "--checkpoint", str(run_dir), "--out", str(out), "--scenes", "6", "--samples", "5",
+                 "--horizon", "4", "--probe-clips", "8", "--no-mlflow", *COMMON])
+    assert code == 0
+    result = json.loads((out / "futures.json").read_text())
+    family = result["families"]["2way"]
+    assert family["ns"] == [1, 5] and len(family["best_of_n"]["5"]) == 4
+    # More samples can only lower the best-of-N error.
+    assert all(b5 <= b1 + 1e-12 for b1, b5 in zip(family["best_of_n"]["1"], family["best_of_n"]["5"]))
+    assert set(result["z_leak"]["ordinary_clips"]) >= {"true/reduction", "shuffled/reduction", "leak_ratio"}
+    assert result["capacity"]["capacity"] == "kl" and result["capacity"]["capacity_used"] >= 0
+    assert (out / "futures.png").is_file() and (out / "capacity.png").is_file()
+
+
+@pytest.mark.slow
+def test_report_command_writes_one_folder(run_dir, tmp_path):
+    out = tmp_path / "report"
+    code = main(["report", "--checkpoint", str(run_dir / "model"), "--out", str(out), "--scenes", "4",
+                 "--samples", "5", "--horizon", "4", "--probe-clips", "8", "--clips", "12", "--ood-clips", "4",
+                 "--hidden-clips", "12", "--contact-clips", "8", "--length", "8", "--mlp-epochs", "2",
+                 "--probe-models", "linear", "--pairs", "2", "--controls", "1", "--properties", "permanence,solidity",
+                 *COMMON])
+    assert code == 0
+    for name in ("index.html", "index.md", "futures.json", "probe.json", "surprise.json", "futures.png",
+                 "probes-linear.png", "voe.png", "surprise-energy.png", "training.png", "collapse.png",
+                 "videos/futures-clip.mp4", "videos/futures-fork.gif", "videos/voe-permanence.mp4"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 100, name
+    page = (out / "index.html").read_text()
+    assert "VoE permanence: pairwise accuracy" in page and "<video" in page and "training.png" in page
+
+
+def test_bad_input_gets_a_one_line_error(run_dir, tmp_path, capsys):
+    assert main(["probe", "--checkpoint", str(tmp_path / "missing"), "--no-mlflow"]) == 2
+    assert "missing" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["surprise", "--checkpoint", str(run_dir), "--properties", "levitation"])
+    assert "levitation" in capsys.readouterr().err

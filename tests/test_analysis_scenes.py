@@ -1,0 +1,137 @@
+"""Hand-built test scenes: the painter matches the simulator's renderer, fork scenes have the futures and odds they
+claim, and VoE pairs are identical up to the violation frame and different from it on."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from envs.physics import BallsConfig, BallsSim
+from envs.raster import Painter, Shape, Wall
+from envs.scenes import ForkConfig, generate_fork_scenes
+from envs.voe import PROPERTIES, VoEConfig, generate_pairs, voe_config_for
+
+SMALL = BallsConfig(image_size=32, max_balls=2)
+
+
+def test_painter_matches_the_simulator_renderer_bit_for_bit():
+    config = BallsConfig(image_size=32, occluder=True)
+    sim = BallsSim(config, np.random.default_rng(3))
+    painter = Painter(config)
+    for _ in range(30):
+        state = sim.step()
+        shapes = [Shape(*state["positions"][i], state["radii"][i], tuple(int(c) for c in state["colors"][i]))
+                  for i in np.flatnonzero(state["present"])]
+        assert np.array_equal(painter.paint(shapes), sim.render())
+
+
+def test_square_has_the_disc_area_and_walls_sit_under_shapes():
+    painter = Painter(BallsConfig(image_size=64))
+    r = 0.1
+    for kind in ("disc", "square"):
+        frame = painter.paint([Shape(0.5, 0.5, r, (255, 0, 0), kind)])
+        area = frame[..., 0].astype(float).sum() / 255 / 64**2
+        assert area == pytest.approx(math.pi * r * r, rel=0.03)
+    wall = Wall(x=0.5, width=0.1)
+    c0, c1 = wall.columns(64)
+    frame = painter.paint([Shape(0.5, 0.5, r, (255, 0, 0))], (wall,))
+    assert tuple(frame[2, c0]) == wall.color and tuple(frame[32, 32]) == (255, 0, 0)  # ball drawn over the wall
+
+
+def test_fork_scenes_hold_every_way_with_its_odds():
+    fork = ForkConfig(directions=3, probabilities=(0.6, 0.3, 0.1), context=3, horizon=6, min_separation=0.1)
+    scenes = generate_fork_scenes(SMALL, fork, 120, seed=7)
+    assert scenes.context.shape == (120, 3, 32, 32, 3)
+    assert scenes.futures.shape == (120, 3, 6, 32, 32, 3)
+    assert scenes.realized_clips().shape == (120, 9, 32, 32, 3)
+    modes = scenes.mode_positions()  # (S, K, F, 2)
+    end = modes[:, :, -1]
+    gaps = [np.linalg.norm(end[:, a] - end[:, b], axis=-1) for a in range(3) for b in range(a + 1, 3)]
+    assert np.min(gaps) >= 0.1
+    # The ways already differ at the first future frame (the kick acts on the step into it).
+    first = scenes.future_state["positions"][:, :, 0, 0]
+    assert np.all(np.linalg.norm(first[:, 0] - first[:, 1], axis=-1) > 0)
+    # Before the fork there are no kicks: ball 0 moves in straight lines except at bounces.
+    frequencies = np.bincount(scenes.realized, minlength=3) / 120
+    assert np.abs(frequencies - [0.6, 0.3, 0.1]).max() < 0.12
+    # Scene i depends only on (seed, i): the first 10 of a 120-scene set are the 10-scene set.
+    again = generate_fork_scenes(SMALL, fork, 10, seed=7)
+    assert np.array_equal(again.futures, scenes.futures[:10]) and np.array_equal(again.realized, scenes.realized[:10])
+
+
+def test_fork_kick_is_the_simulators_kick_on_ball_zero():
+    fork = ForkConfig(directions=2, kick=0.03, context=2, horizon=3, min_separation=0.0)
+    scenes = generate_fork_scenes(replace(SMALL, max_speed=0.2, min_balls=1, max_balls=1), fork, 30, seed=1)
+    before = scenes.context_state["velocities"][:, -1, 0]  # (S, 2)
+    after = scenes.future_state["velocities"][:, :, 0, 0]  # (S, K, 2)
+    change = after - before[:, None]
+    # Away from walls the velocity change is exactly the kick: +x for way 0, -x for way 1.
+    free = ~scenes.future_state["contacts"][:, :, 0, 0].any(1)
+    assert free.sum() > 10
+    assert np.allclose(change[free, 0], [0.03, 0.0], atol=1e-9)
+    assert np.allclose(change[free, 1], [-0.03, 0.0], atol=1e-9)
+
+
+def test_fork_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="probabilities"):
+        generate_fork_scenes(SMALL, ForkConfig(directions=2, probabilities=(0.5, 0.6)), 2, seed=0)
+    with pytest.raises(ValueError, match="min_separation"):
+        generate_fork_scenes(SMALL, ForkConfig(min_separation=5.0, horizon=2), 1, seed=0)
+
+
+@pytest.mark.parametrize("prop", PROPERTIES)
+def test_voe_pairs_identical_before_and_different_from_the_violation_frame(prop):
+    voe = voe_config_for(3)
+    pairs = generate_pairs(SMALL, prop, 8, seed=3, voe=voe)
+    assert pairs.possible.shape == pairs.impossible.shape == (8, voe.length, 32, 32, 3)
+    assert pairs.possible.dtype == np.uint8
+    for i in range(8):
+        t = pairs.violation_frame[i]
+        assert voe.min_violation_frame <= t <= voe.length - voe.min_frames_after
+        assert np.array_equal(pairs.possible[i, :t], pairs.impossible[i, :t])
+        assert not np.array_equal(pairs.possible[i, t], pairs.impossible[i, t])
+    again = generate_pairs(SMALL, prop, 3, seed=3, voe=voe)  # pair i depends only on (seed, i)
+    assert np.array_equal(again.impossible, pairs.impossible[:3])
+
+
+def test_voe_variants_and_property_specific_content():
+    voe = voe_config_for(3)
+    permanence = generate_pairs(SMALL, "permanence", 8, seed=0, voe=voe)
+    assert sorted(set(permanence.variant)) == ["appear_occluder", "appear_view", "vanish_occluder", "vanish_view"]
+    # Vanish: the impossible clip ends with fewer lit pixels than the possible one; appear: more.
+    lit = lambda clip: (clip[-1].max(-1) > 0).sum()  # noqa: E731
+    for i, variant in enumerate(permanence.variant):
+        if variant.startswith("vanish"):
+            assert lit(permanence.impossible[i]) < lit(permanence.possible[i])
+        else:
+            assert lit(permanence.impossible[i]) > lit(permanence.possible[i])
+    solidity = generate_pairs(SMALL, "solidity", 4, seed=0, voe=voe)
+    wall_color = np.array(Wall(0.5, 0.1).color, np.uint8)
+    # The wall is there in every frame of both clips: a column mostly of wall colour (a ball may cover part of it).
+    for clips in (solidity.possible, solidity.impossible):
+        assert np.all(((clips == wall_color).all(-1).mean(-2) > 0.6).any(-1))
+    shape = generate_pairs(SMALL, "shape", 2, seed=0, voe=voe)
+    assert set(shape.variant) == {"disc_to_square", "square_to_disc"}
+
+
+@pytest.mark.parametrize("prop", ["permanence", "continuity", "shape", "color", "size"])
+def test_matched_pairs_balance_frame_content(prop):
+    """IntPhys design: within a scene's two pairs, every impossible frame is the possible frame of one of them."""
+    pairs = generate_pairs(SMALL, prop, 6, seed=2, voe=voe_config_for(3))
+    assert pairs.group.tolist() == [0, 0, 1, 1, 2, 2]
+    for a, b in ((0, 1), (2, 3), (4, 5)):
+        for t in range(pairs.possible.shape[1]):
+            shown = {pairs.possible[a, t].tobytes(), pairs.possible[b, t].tobytes()}
+            assert {pairs.impossible[a, t].tobytes(), pairs.impossible[b, t].tobytes()} == shown
+
+
+def test_voe_rejects_bad_requests():
+    with pytest.raises(ValueError, match="unknown VoE property"):
+        generate_pairs(SMALL, "levitation", 2, seed=0)
+    with pytest.raises(ValueError, match="num_pairs"):
+        generate_pairs(SMALL, "color", 0, seed=0)
+    with pytest.raises(ValueError, match="min_violation_frame"):
+        generate_pairs(SMALL, "color", 1, seed=0, voe=VoEConfig(length=6, min_violation_frame=5, min_frames_after=3))
