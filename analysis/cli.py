@@ -28,6 +28,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
 def _names(allowed: tuple[str, ...]):
     def parse(text: str) -> tuple[str, ...]:
         names = tuple(n.strip() for n in text.split(",") if n.strip())
@@ -43,9 +50,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="model, run or checkpoint directory")
     parser.add_argument("--out", help="output folder (default: <run>/analysis)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--window", type=int, default=0,
+    parser.add_argument("--window", type=_non_negative, default=0,
                         help="most recent inputs the predictor sees (default: its training window, from config.yaml)")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch and BLAS (0: library default)")
+    parser.add_argument("--threads", type=_non_negative, default=0,
+                        help="CPU threads for torch and BLAS (0: library default)")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log into the run's mlflow.db")
 
 
@@ -69,7 +77,7 @@ def _probe_args(parser: argparse.ArgumentParser) -> None:
 
 def _surprise_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", type=_positive, default=256, help="matched pairs per property")
-    parser.add_argument("--controls", type=int, default=5, help="randomly initialised control models")
+    parser.add_argument("--controls", type=_non_negative, default=5, help="randomly initialised control models")
     parser.add_argument("--properties", type=_names(PROPERTIES), default=PROPERTIES,
                         help=f"comma-separated subset of {','.join(PROPERTIES)}")
     parser.add_argument("--frames-after", type=_positive, default=6, help="frames after the earliest violation")

@@ -49,10 +49,19 @@ def mark_predicted(video: np.ndarray, start: int, color=(220, 40, 40)) -> np.nda
 
 @torch.no_grad()
 def futures_panel(
-    model: WorldModel, clip: torch.Tensor, *, context: int, num_samples: int, seed: int = 0
+    model: WorldModel, clip: torch.Tensor, *, context: int, num_samples: int, seed: int = 0,
+    window: int | None = None,
+    actions: torch.Tensor | None = None,
 ) -> FuturesPanel:
     """clip: (T, 3, H, W) frames (uint8 or float in [0, 1]); the first `context` are observed, the rest are the
-    true future; horizon = T - context."""
+    true future; horizon = T - context.
+
+    window: feed the predictor at most this many recent inputs (its training length, see
+    `analysis.inference.trained_window`); sample energies are then summed per frame over windows of `context`
+    frames. None: `WorldModel.sample_futures` over the whole sequence.
+
+    actions: (T, A) actions of the clip for an action-conditioned model (actions[t] was taken after frame t); the
+    sampled futures follow the recorded actions, so they differ only where the world itself is uncertain."""
     if clip.ndim != 4:
         raise ValueError(f"clip must be laid out (T, 3, H, W), got shape {tuple(clip.shape)}")
     horizon = clip.shape[0] - context
@@ -61,22 +70,45 @@ def futures_panel(
     model.eval()
     frames = clip.unsqueeze(0)  # (1, T, 3, H, W)
     generator = torch.Generator(device=model.device).manual_seed(seed)
-    futures = model.sample_futures(frames[:, :context], num_samples, horizon, generator=generator)
-    order = futures.ranking()[0].tolist()
-    decoded = model.decode(futures.representations[0])  # (N, horizon, 3, H, W)
+    batch_actions = None if actions is None else actions.unsqueeze(0)[:, : clip.shape[0] - 1]  # (1, T-1, A)
+    if window is None or batch_actions is not None:
+        futures = model.sample_futures(
+            frames[:, :context], num_samples, horizon, generator=generator, actions=batch_actions
+        )
+        representations, energies = futures.representations[0], futures.energies[0]
+    else:
+        representations, energies = _windowed_samples(model, frames[:, :context], num_samples, horizon, window,
+                                                      generator)
+    order = energies.argsort().tolist()
+    decoded = model.decode(representations)  # (N, horizon, 3, H, W)
     observed = model.prepare_frames(frames)[0]  # (T, 3, H, W) float
     samples = [
         mark_predicted(to_uint8_video(torch.cat([observed[:context], decoded[i]], dim=0)), context) for i in order
     ]
-    truth_energy = float(model.energy(frames[:, :context], frames[:, context:])[0])
+    truth_energy = float(model.energy(frames[:, :context], frames[:, context:], actions=batch_actions)[0])
     decoded_truth = model.decode(model.encode_target(frames))[0]
     return FuturesPanel(
         truth=to_uint8_video(observed),
         decoded_truth=to_uint8_video(decoded_truth),
         samples=samples,
-        sample_energies=[float(futures.energies[0, i]) for i in order],
+        sample_energies=[float(energies[i]) for i in order],
         truth_energy=truth_energy,
     )
+
+
+def _windowed_samples(model: WorldModel, context_frames: torch.Tensor, num_samples: int, horizon: int, window: int,
+                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, horizon, D) futures sampled from the prior with a limited predictor window, and their (N,) energies."""
+    from . import inference
+
+    context = context_frames.shape[1]
+    online = model.encode(context_frames).repeat_interleave(num_samples, 0)  # (N, C, D)
+    target = model.encode_target(context_frames).repeat_interleave(num_samples, 0)
+    predicted, _ = inference.rollout(model, online, target, horizon, window=window, generator=generator)
+    # Like sample_futures: each sample's energy is that of its own trajectory (predictions fed back as inputs).
+    inputs, targets = torch.cat([online, predicted], 1), torch.cat([target, predicted], 1)
+    energies = inference.sliding_energy(model, inputs, targets, context)[:, context:].sum(1)
+    return predicted, energies
 
 
 def panel_grid(panel: FuturesPanel, *, scale: int = 2) -> np.ndarray:
@@ -98,11 +130,16 @@ def write_futures_video(
     path: str | Path,
     seed: int = 0,
     fps: int = 4,
+    window: int | None = None,
+    actions: torch.Tensor | None = None,
 ) -> Path:
     """Write the futures grid as `path` (.mp4) and the same grid as a .gif beside it; returns the mp4 path."""
     from .video import write_video
 
-    grid = panel_grid(futures_panel(model, clip, context=context, num_samples=num_samples, seed=seed))
+    panel = futures_panel(
+        model, clip, context=context, num_samples=num_samples, seed=seed, window=window, actions=actions
+    )
+    grid = panel_grid(panel)
     path = Path(path)
     write_video(grid, path.with_suffix(".mp4"), fps=fps)
     write_video(grid, path.with_suffix(".gif"), fps=fps)

@@ -80,18 +80,20 @@ def fit_position_probe(model: WorldModel, balls: BallsConfig, clips: int, seed: 
     val, train = order[: max(1, clips // 5)], order[max(1, clips // 5) :]
 
     def split(idx: np.ndarray) -> Split:
-        return Split(reps[idx].reshape(-1, reps.shape[-1]), flat_positions[idx].reshape(len(idx) * positions.shape[1], -1),
-                     mask[idx].reshape(len(idx) * positions.shape[1], -1))
+        rows = len(idx) * positions.shape[1]
+        return Split(reps[idx].reshape(rows, -1), flat_positions[idx].reshape(rows, -1), mask[idx].reshape(rows, -1))
 
     return RidgeProbe(split(train), split(val))
 
 
 def probe_positions(probe: RidgeProbe, reps: torch.Tensor, color: np.ndarray) -> np.ndarray:
     """(B, ..., D) representations -> (B, ..., 2) probed position of the ball of palette colour color[b]."""
+    batch = reps.shape[0]
     flat = reps.reshape(-1, reps.shape[-1]).cpu().double().numpy()
-    out = probe.predict(flat).reshape(*reps.shape[:-1], -1, 2)  # (B, ..., P, 2)
-    index = np.asarray(color).reshape(-1, *([1] * (out.ndim - 2)), 1, 1)
-    return np.take_along_axis(out, np.broadcast_to(index, (*out.shape[:-2], 1, 2)), axis=-2)[..., 0, :]
+    out = probe.predict(flat).reshape(batch, -1, len(probe.intercept) // 2, 2)  # (B, R, P, 2)
+    rows = np.arange(out.shape[1])
+    picked = out[np.arange(batch)[:, None], rows[None, :], np.asarray(color)[:, None]]  # (B, R, 2)
+    return picked.reshape(*reps.shape[:-1], 2)
 
 
 def palette_index(colors: np.ndarray, palette: tuple) -> np.ndarray:
@@ -178,14 +180,17 @@ def _energy_ranking(model: WorldModel, online: torch.Tensor, target: torch.Tenso
                     futures_target: torch.Tensor, realized: np.ndarray, config: FuturesConfig) -> dict[str, object]:
     """Energy (summed over the future, each frame given the `context` frames before it, as `WorldModel.energy` does
     it: online representations in, target representations compared) of the true future against futures from other
-    scenes, and against the scene's other (equally possible) ways."""
+    scenes, against its own frames shuffled in time, and against the scene's other (equally possible) ways."""
     s, k = futures_target.shape[:2]
     context = online.shape[1]
 
-    def total_energy(scene: np.ndarray, way: np.ndarray) -> torch.Tensor:
+    def total_energy(scene: np.ndarray, way: np.ndarray, order: np.ndarray | None = None) -> torch.Tensor:
         scene_t, way_t = torch.as_tensor(scene), torch.as_tensor(way)
-        sequence_online = torch.cat([online, futures_online[scene_t, way_t]], 1)
-        sequence_target = torch.cat([target, futures_target[scene_t, way_t]], 1)
+        future_online, future_target = futures_online[scene_t, way_t], futures_target[scene_t, way_t]
+        if order is not None:
+            future_online, future_target = future_online[:, order], future_target[:, order]
+        sequence_online = torch.cat([online, future_online], 1)
+        sequence_target = torch.cat([target, future_target], 1)
         return inference.sliding_energy(model, sequence_online, sequence_target, context)[:, context:].sum(1)
 
     rows = np.arange(s)
@@ -193,7 +198,15 @@ def _energy_ranking(model: WorldModel, online: torch.Tensor, target: torch.Tenso
     m = min(config.wrong_futures, s - 1)
     wrong = torch.stack([total_energy((rows + j) % s, realized[(rows + j) % s]) for j in range(1, m + 1)], 1)  # (S, M)
     others = [total_energy(rows, (realized + j) % k) for j in range(1, k)]
+    # Harder negatives: the true future's own frames in a wrong order (same objects and places, wrong dynamics).
+    horizon = futures_target.shape[2]
+    generator = np.random.default_rng(config.seed)
+    orders = [generator.permutation(horizon) for _ in range(min(config.wrong_futures, 8))]
+    orders = [o for o in orders if not np.array_equal(o, np.arange(horizon))]
+    shuffled = [total_energy(rows, realized, o) for o in orders]
     result: dict[str, object] = {"vs_other_scenes": rank_statistics(true_energy.cpu().numpy(), wrong.cpu().numpy())}
+    if shuffled:
+        result["vs_shuffled_time"] = rank_statistics(true_energy.cpu().numpy(), torch.stack(shuffled, 1).cpu().numpy())
     if others:
         result["vs_other_ways"] = rank_statistics(true_energy.cpu().numpy(), torch.stack(others, 1).cpu().numpy())
     return result

@@ -193,6 +193,9 @@ def training_curves(history: dict[str, list[tuple[int, float]]], path: Path) -> 
                 ax.plot(steps, values, label=key)
         ax.set_title(title)
         ax.set_xlabel("step")
+        if not ax.lines:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
+            continue
         if title == "collapse":
             ax.set_yscale("log")
         ax.legend(fontsize=7)

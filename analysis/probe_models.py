@@ -186,11 +186,13 @@ class LogisticProbe:
 
 
 class MLPProbe:
-    """One hidden layer (GELU) trained with AdamW; the epoch with the best validation score is kept."""
+    """One hidden layer (GELU) trained with AdamW; validation is scored every 10 epochs, the best weights are kept and
+    training stops after `patience` checks without improvement."""
 
     @torch.enable_grad()
     def __init__(self, train: Split, val: Split, kind: str, num_classes: int = 0, *, hidden: int = 256,
-                 epochs: int = 150, lr: float = 2e-3, batch_size: int = 256, seed: int = 0) -> None:
+                 epochs: int = 150, lr: float = 2e-3, batch_size: int = 256, patience: int = 4,
+                 seed: int = 0) -> None:
         self.kind, self.num_classes = kind, num_classes
         self.scale = Standardizer(train.features)
         generator = torch.Generator().manual_seed(seed)
@@ -199,10 +201,11 @@ class MLPProbe:
         m = torch.as_tensor(train.mask, dtype=torch.float32)
         slots = train.values.shape[1]
         if kind == "regression":
-            valid = np.where(train.mask, train.values, np.nan)
-            self.y_mean = np.nan_to_num(np.nanmean(valid, 0))
-            self.y_std = np.nan_to_num(np.nanstd(valid, 0), nan=1.0)
-            self.y_std = np.where(self.y_std > 1e-8, self.y_std, 1.0)
+            # Column statistics over the rows where each column exists (a colour absent from training gets 0 / 1).
+            counts = np.maximum(train.mask.sum(0), 1)
+            self.y_mean = (train.values * train.mask).sum(0) / counts
+            variance = (((train.values - self.y_mean) * train.mask) ** 2).sum(0) / counts
+            self.y_std = np.where(variance > 1e-16, np.sqrt(variance), 1.0)
             y = torch.as_tensor(np.nan_to_num((train.values - self.y_mean) / self.y_std), dtype=torch.float32)
             outputs = slots
         else:
@@ -211,7 +214,7 @@ class MLPProbe:
             outputs = slots * num_classes
         self.net = nn.Sequential(nn.Linear(x.shape[1], hidden), nn.GELU(), nn.Linear(hidden, outputs))
         optimizer = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=1e-3)
-        best = (-np.inf, None)
+        best, stale = (-np.inf, None), 0
         for epoch in range(epochs):
             self.net.train()
             order = torch.randperm(x.shape[0], generator=generator)
@@ -229,6 +232,11 @@ class MLPProbe:
                 val_score = score(kind, self.predict(val.features), val)
                 if best[1] is None or val_score > best[0]:
                     best = (val_score, {k: v.clone() for k, v in self.net.state_dict().items()})
+                    stale = 0
+                else:
+                    stale += 1
+                    if stale >= patience:  # no better validation score for `patience` checks in a row
+                        break
         self.net.load_state_dict(best[1])
 
     @torch.no_grad()

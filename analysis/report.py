@@ -89,6 +89,10 @@ def headline(results: dict[str, Any]) -> list[dict[str, Any]]:
         ranking = first["energy_ranking"]["vs_other_scenes"]
         row("energy: true future ranked first among other scenes' futures (top-1 rate)", ranking["top1"], None, ">=",
             f"mean rank {ranking['mean_rank']:.2f} of {ranking['candidates']:.0f}")
+        shuffled = first["energy_ranking"].get("vs_shuffled_time")
+        if shuffled:
+            row("energy: true future ranked first among its time-shuffled versions (top-1 rate)", shuffled["top1"],
+                None, ">=", f"mean rank {shuffled['mean_rank']:.2f} of {shuffled['candidates']:.0f}")
         leak = futures["z_leak"].get("ordinary_clips", {})
         row("z-leak ratio (shuffled / true error reduction by the posterior)", leak.get("leak_ratio"), None, "<=",
             "near 0: z cannot be steered to arbitrary frames")
@@ -152,7 +156,8 @@ def voe_pair_video(balls: BallsConfig, property: str, context: int, seed: int, p
     return path.with_suffix(".mp4")
 
 
-def _videos(model: WorldModel, balls: BallsConfig, config: ReportConfig, out: Path, log) -> list[Path]:
+def _videos(model: WorldModel, balls: BallsConfig, config: ReportConfig, out: Path, window: int, log
+            ) -> list[Path]:
     from .futures import write_futures_video
 
     context = model.config.context_frames
@@ -160,12 +165,13 @@ def _videos(model: WorldModel, balls: BallsConfig, config: ReportConfig, out: Pa
     videos = []
     clip = generate_clips(balls, 1, context + horizon, seed=config.futures.seed + 999).frames[0]
     videos.append(write_futures_video(model, inference.as_frames(clip[None])[0], context=context, num_samples=8,
-                                      path=out / "videos" / "futures-clip.mp4", seed=config.futures.seed))
+                                      path=out / "videos" / "futures-clip.mp4", seed=config.futures.seed,
+                                      window=window))
     fork = generate_fork_scenes(balls, ForkConfig(directions=2, context=context, horizon=horizon,
                                                   kick=balls.kick_strength), 1, seed=config.futures.seed)
     videos.append(write_futures_video(model, inference.as_frames(fork.realized_clips())[0], context=context,
                                       num_samples=8, path=out / "videos" / "futures-fork.mp4",
-                                      seed=config.futures.seed))
+                                      seed=config.futures.seed, window=window))
     for name in config.video_properties:
         if name in config.surprise.properties:
             path = out / "videos" / f"voe-{name}.mp4"
@@ -230,7 +236,7 @@ def build_report(checkpoint: str | Path, out: str | Path | None = None, config: 
     history = training_history(run_dir, use_mlflow=mlflow) if run_dir is not None else {}
     if history:
         figures.insert(-1, ("Training curves", plots.training_curves(history, out / "training.png")))
-    videos = _videos(model, balls, config, out, log)
+    videos = _videos(model, balls, config, out, window, log)
 
     rows = headline(results)
     index = _write_index(out, model_dir, window, rows, results, figures, videos, history_found=bool(history))

@@ -100,7 +100,7 @@ def main() -> int:
                 "calibration_tv": family["calibration"]["total_variation"],
                 "unassigned": family["calibration"]["unassigned"],
                 "probe_true_way_accuracy": family["probe"]["true_way_accuracy"],
-                "energy_rank_vs_other_scenes": family["energy_ranking"]["vs_other_scenes"],
+                "energy_ranking": family["energy_ranking"],
             }
             for name, family in futures["families"].items()
         },

@@ -4,7 +4,7 @@ Each axis is resampled on its own. Shrinking uses area interpolation: every outp
 fractional-area average of the input pixels it covers (like OpenCV's INTER_AREA; thin lines such as CartPole's pole
 fade instead of aliasing away), computed from a running sum along the axis, so the cost is linear in the input size
 whatever the factor. Enlarging uses bilinear weights with half-pixel centres (area weights would degenerate into
-nearest neighbour there), as a small (out, in) matrix product. `resample_weights` gives both as matrices.
+nearest neighbour there), two gathered taps per output sample. `resample_weights` gives both as matrices.
 
 numpy only: the gym recorder resizes inside vector-env worker processes and the video decoder inside threads.
 """
@@ -88,7 +88,12 @@ def _resample_axis(x: np.ndarray, axis: int, size: int) -> np.ndarray:
         return x
     x = np.moveaxis(x, axis, 0)
     if size > n:
-        out = np.tensordot(resample_weights(n, size), x, axes=([1], [0]))  # (size, ...)
+        # Bilinear: two taps per output sample, gathered (the same weights as resample_weights, without the zeros).
+        source = np.clip((np.arange(size) + 0.5) * (n / size) - 0.5, 0.0, n - 1)
+        left = np.floor(source).astype(np.int64)
+        right = np.minimum(left + 1, n - 1)
+        frac = (source - left).astype(np.float32).reshape(-1, *([1] * (x.ndim - 1)))
+        out = x[left] * (1.0 - frac) + x[right] * frac
         return np.moveaxis(out, 0, axis)
     # Area: integral I(t) = sum of x over [0, t), linear inside a pixel; output j = (I(hi) - I(lo)) / scale.
     scale = n / size

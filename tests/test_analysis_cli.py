@@ -58,7 +58,8 @@ def test_probe_command(run_dir, tmp_path, capsys):
     assert set(position["results"]) == {"model", "random_init", "pixels"}
     assert set(position["results"]["model"]) == {"linear", "mlp"}
     assert set(position["results"]["model"]["linear"]) == {"test", "ood"}
-    assert result["targets"]["direction"]["chance"] == pytest.approx(1 / 8, abs=0.05)
+    assert result["targets"]["position"]["chance"] == 0.0
+    assert 1 / 8 <= result["targets"]["direction"]["chance"] <= 1.0  # 1 / classes seen, averaged over colours
     assert "model/observed+rollout" in result["contact_readout"]
     assert len(result["predicted"]["position"]["r2_by_horizon"]) == len(result["predicted"]["horizons"])
     assert (out / "probes-linear.png").stat().st_size > 1000

@@ -99,6 +99,7 @@ def test_flags_resolve_per_device():
         apply_overrides(debug(), ["run.collapse_min_rank=2"])
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:torch.*")  # torch.compile's own imports
 def test_compile_flag_compiles_the_step_module_lazily(tmp_path):
     config = debug_config(tmp_path, "run.compile=true", "run.compile_mode=max-autotune-no-cudagraphs")
     setup = build_setup(config, DistContext(), CPU)
@@ -164,6 +165,7 @@ def test_sampler_is_a_distributed_sampler_with_epochs():
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:torch.*")
 def test_compiled_step_matches_eager_bit_for_bit(tmp_path, monkeypatch):
     """The run.compile path (dynamo graph capture + AOTAutograd of forward and backward, telemetry steps falling
     back to eager) computes exactly the eager step. Inductor's code generation is swapped for `aot_eager` here: it

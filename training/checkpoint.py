@@ -10,8 +10,9 @@ Layout of `<out_dir>/checkpoints/step-000001000/`:
     manifest.json                                written last: the step and every file's size
 Everything is written into `step-N.tmp/`, fsynced, and renamed when complete (then the folder entry itself is
 fsynced), so a run killed at any instant leaves either a whole checkpoint or a `.tmp` folder that is ignored (and
-cleaned up by the next save). A checkpoint counts as complete only when its manifest exists and every file it lists
-has the recorded size. Only the newest `run.keep_checkpoints` are kept.
+cleaned up by the next save; old checkpoints are likewise renamed before they are deleted). A checkpoint counts as
+complete only when its manifest exists and every file it lists has the recorded size. Only the newest
+`run.keep_checkpoints` are kept.
 
 Fault injection for tests: with WORLDMODEL_FAULT_CHECKPOINT_SLEEP=<seconds> in the environment, `save_checkpoint`
 sleeps that long after writing the files and before the manifest, which widens the window in which a kill lands
@@ -51,6 +52,8 @@ STATE_FORMAT = 2
 """training_state.pt layout version (2: per-rank RNG list, data position, grad scaler)."""
 FAULT_CHECKPOINT_SLEEP = "WORLDMODEL_FAULT_CHECKPOINT_SLEEP"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+_LEFTOVER = re.compile(r"^step-\d+\.(tmp|deleting|old-\d+)$")
+"""Folders of interrupted writes (.tmp), deletions (.deleting) and replacements (.old-<pid>)."""
 
 
 def checkpoint_root(out_dir: str | Path) -> Path:
@@ -211,12 +214,19 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
 
 
 def prune(root: Path, *, keep: int) -> None:
-    """Delete leftover `.tmp` folders and all but the newest `keep` complete checkpoints."""
-    for path in root.glob("step-*.tmp"):
-        shutil.rmtree(path, ignore_errors=True)
+    """Delete what interrupted writes and deletions left behind, and all but the newest `keep` checkpoints.
+
+    A checkpoint is renamed to `step-N.deleting` before its files go, so a kill in the middle of a deletion leaves
+    a folder that is cleaned up next time, never a half-deleted `step-N/` that looks like a damaged checkpoint.
+    """
+    for path in root.iterdir():
+        if _LEFTOVER.match(path.name) and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
     complete = list_checkpoints(root.parent)
     for path in complete[:-keep] if keep > 0 else []:
-        shutil.rmtree(path, ignore_errors=True)
+        doomed = path.with_name(path.name + ".deleting")
+        os.replace(path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 def read_training_state(directory: str | Path) -> dict[str, Any]:

@@ -176,7 +176,9 @@ def train_batches(
                         seed=config.run.seed, collate=default_collate))
 
 
-def _loader(dataset: Dataset, sampler: Sampler, *, num_workers: int, pin_memory: bool, seed: int, collate) -> DataLoader:
+def _loader(
+    dataset: Dataset, sampler: Sampler, *, num_workers: int, pin_memory: bool, seed: int, collate
+) -> DataLoader:
     return DataLoader(
         dataset,
         batch_sampler=sampler,

@@ -775,6 +775,7 @@ def _sample_video(model: WorldModel, dataset, config: TrainConfig, directory: Pa
             num_samples=8,
             path=directory / "futures.mp4",
             seed=config.run.seed,
+            actions=item.get("actions") if config.model.action_dim > 0 else None,
         )
     except ImportError as error:
         warnings.warn(f"sample video skipped: {error}", stacklevel=2)
