@@ -11,7 +11,7 @@ import numpy as np
 from .video import MissingDependencyError
 
 FEATURE_COLORS = {"model": "#1f77b4", "random_init": "#ff7f0e", "pixels": "#7f7f7f",
-                  "model_predictor": "#2ca02c", "random_predictor": "#d62728"}
+                  "oracle_positions": "#bcbd22", "model_predictor": "#2ca02c", "random_predictor": "#d62728"}
 
 
 def _pyplot() -> Any:

@@ -11,7 +11,8 @@ side by side (velocity is not visible in one still frame), and the targets are t
     hidden_position                             position of a ball completely behind a (wide) occluder
 
 Feature sets, side by side: the trained encoder ("model"), the same architecture freshly initialised
-("random_init") and downsampled pixels ("pixels"); for the hidden ball also the causal predictor's state
+("random_init") and downsampled pixels ("pixels"), plus a ceiling: the true positions themselves
+("oracle_positions"); for the hidden ball also the causal predictor's state
 ("model_predictor" vs "random_predictor"), the only place a model can remember a ball it cannot see.
 Splits are by clip (train / val / test, no frame of a test clip is ever fitted) plus an out-of-distribution test
 set drawn with speeds and radii outside the training ranges.
@@ -196,6 +197,15 @@ def pixel_features(clips: np.ndarray, size: int) -> torch.Tensor:
     return rearrange(small, "(n t) c h w -> n t (c h w)", n=n, t=t)
 
 
+def oracle_features(state: dict[str, np.ndarray], balls: BallsConfig) -> torch.Tensor:
+    """The true position of every ball (by colour) and which colours are present: (N, T, 3P). A representation that
+    encoded positions perfectly could give a probe no more; it shows how far each target is readable at all (a
+    velocity after a bounce is not the displacement that led to it, so even this stays below R2 = 1)."""
+    positions, present = by_color(state["positions"], state, balls.palette)
+    flat = positions.reshape(*positions.shape[:2], -1)
+    return torch.as_tensor(np.concatenate([flat, present], axis=-1), dtype=torch.float32)
+
+
 def random_model(model: WorldModel, seed: int) -> WorldModel:
     """A freshly initialised model of the same configuration (the untrained control)."""
     with torch.random.fork_rng():
@@ -289,14 +299,15 @@ def run_probes(model: WorldModel, balls: BallsConfig, config: ProbeConfig | None
     split = split_indices(config.clips, config.seed)
     rows = {name: _row_mask(idx, length, config.clips) for name, idx in split.items()}
 
-    def features_of(frames: np.ndarray) -> dict[str, np.ndarray]:
+    def features_of(data) -> dict[str, np.ndarray]:
         return {
-            "model": pair_features(inference.encode(model, frames)),
-            "random_init": pair_features(inference.encode(control, frames)),
-            "pixels": pair_features(pixel_features(frames, config.pixel_size)),
+            "model": pair_features(inference.encode(model, data.frames)),
+            "random_init": pair_features(inference.encode(control, data.frames)),
+            "pixels": pair_features(pixel_features(data.frames, config.pixel_size)),
+            "oracle_positions": pair_features(oracle_features(data.state, balls)),
         }
 
-    features, ood_features = features_of(clips.frames), features_of(ood.frames)
+    features, ood_features = features_of(clips), features_of(ood)
     targets = state_targets(clips.state, clips.num_balls, balls, config)
     ood_targets = state_targets(ood.state, ood.num_balls, balls, config)
     log(f"probe: encoded {config.clips} + {config.ood_clips} clips ({time.perf_counter() - started:.0f} s)")

@@ -100,9 +100,10 @@ def headline(results: dict[str, Any]) -> list[dict[str, Any]]:
     if probes:
         for target, goal in (("position", 0.95), ("velocity", 0.9)):
             entry = probes["targets"][target]["results"]
-            note = ", ".join(f"{f} {entry[f]['linear']['test']:.3f}" for f in ("random_init", "pixels") if f in entry)
+            others = ("random_init", "pixels", "oracle_positions")
+            note = ", ".join(f"{f} {entry[f]['linear']['test']:.3f}" for f in others if f in entry)
             row(f"{target} R2, linear probe, in distribution", entry["model"]["linear"]["test"], goal, ">=",
-                f"controls: {note}")
+                f"controls / ceiling: {note}")
     surprise = results.get("surprise")
     if surprise:
         for name in ("permanence", "continuity", "solidity"):

@@ -163,6 +163,19 @@ def run_surprise(model: WorldModel, balls: BallsConfig, config: SurpriseConfig |
             )
             for variant in sorted(set(pairs.variant.tolist()))
         }
+        if name == "permanence":
+            # Behind the occluder vs in view: only the former needs a memory of the ball (in view, a vanishing or
+            # appearing ball is an abrupt change that even "nothing changes" flags).
+            kinds = np.array([v.rsplit("_", 1)[-1] for v in pairs.variant])
+            imp, pos = curves[name]["energy/impossible"][:, context:], curves[name]["energy/possible"][:, context:]
+            entry["by_kind"] = {}
+            for kind in sorted(set(kinds.tolist())):
+                rows = kinds == kind
+                entry["by_kind"][kind] = {
+                    "pairwise_accuracy": matched_accuracy(np.nanmean(imp[rows], 1), np.nanmean(pos[rows], 1),
+                                                          pairs.group[rows]),
+                    "auroc": auroc(np.nanmax(imp[rows], 1), np.nanmax(pos[rows], 1)),
+                }
         entry["examples"] = [
             {
                 "variant": str(pairs.variant[i]),

@@ -116,7 +116,8 @@ def main() -> int:
             name: {signal: {k: entry[signal].get(k) for k in ("pairwise_accuracy", "auroc", "peak_aligned",
                                                               "control_accuracy_mean", "control_accuracy_std",
                                                               "effect_size_h")}
-                   for signal in ("energy", "prior", "change")} | {"by_variant": entry["by_variant"]}
+                   for signal in ("energy", "prior", "change")}
+            | {"by_variant": entry["by_variant"], "by_kind": entry.get("by_kind")}
             for name, entry in voe.items()
         },
         "collapse": results.get("collapse"),

@@ -55,7 +55,7 @@ def test_probe_command(run_dir, tmp_path, capsys):
     names = {"position", "velocity", "speed", "radius", "direction", "color", "count", "contact_within_k"}
     assert names <= set(result["targets"])
     position = result["targets"]["position"]
-    assert set(position["results"]) == {"model", "random_init", "pixels"}
+    assert set(position["results"]) == {"model", "random_init", "pixels", "oracle_positions"}
     assert set(position["results"]["model"]) == {"linear", "mlp"}
     assert set(position["results"]["model"]["linear"]) == {"test", "ood"}
     assert result["targets"]["position"]["chance"] == 0.0
