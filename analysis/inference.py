@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from worldmodel.config_io import load_yaml
 from worldmodel.model import WorldModel, distance
+
+from .loading import run_config
 
 
 def as_frames(clips: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -42,13 +43,10 @@ def encode(model: WorldModel, clips: np.ndarray | torch.Tensor, *, target: bool 
 def trained_window(model: WorldModel, model_dir: Path | None = None) -> int:
     """Longest input sequence the predictor saw in training: context_frames + data.horizon - 1 from the run's
     config.yaml (found next to the model or its checkpoint), else the positional table's size."""
-    if model_dir is not None:
-        model_dir = Path(model_dir)
-        for candidate in (model_dir.parent / "config.yaml", model_dir.parent.parent.parent / "config.yaml"):
-            if candidate.is_file():
-                horizon = load_yaml(candidate).get("data", {}).get("horizon")
-                if isinstance(horizon, int) and horizon >= 1:
-                    return min(model.config.context_frames + horizon - 1, model.config.predictor.max_len)
+    data = run_config(Path(model_dir)).get("data", {}) if model_dir is not None else {}
+    horizon = data.get("horizon") if isinstance(data, dict) else None
+    if isinstance(horizon, int) and horizon >= 1:
+        return min(model.config.context_frames + horizon - 1, model.config.predictor.max_len)
     return model.config.predictor.max_len
 
 
@@ -69,17 +67,8 @@ def rollout(
     online, target: (B, C, D) observed representations. latents: optional (B, horizon, Z). Returns predictions
     (B, horizon, D) and the z's used (B, horizon, Z). With window >= C + horizon - 1 this is `model.rollout`.
     """
-    sequence, base = online, target[:, -1]
-    predictions, used = [], []
-    for k in range(horizon):
-        given = None if latents is None else latents[:, k : k + 1]
-        step, z = model.rollout(sequence[:, -window:], base, 1, latents=given, generator=generator,
-                                deterministic=deterministic)
-        base = step[:, 0]
-        predictions.append(base)
-        used.append(z[:, 0])
-        sequence = torch.cat([sequence, step.to(sequence.dtype)], dim=1)
-    return torch.stack(predictions, dim=1), torch.stack(used, dim=1)
+    return model.rollout(online, target[:, -1], horizon, window=window, generator=generator,
+                         deterministic=deterministic, latents=latents)
 
 
 def _windows(x: torch.Tensor, context: int) -> torch.Tensor:
@@ -129,13 +118,8 @@ def sliding_prior_error(model: WorldModel, online: torch.Tensor, target: torch.T
 
 @torch.no_grad()
 def posterior_code(model: WorldModel, inputs: torch.Tensor, next_target: torch.Tensor) -> torch.Tensor:
-    """The posterior's code for z (its mean) given past inputs (B, C, D) and the next target representation (B, D).
-
-    The one place the analysis reaches past `WorldModel`'s methods into its public submodules (`past`, `latent`):
-    the model has no method returning the inferred z.
-    """
-    summary = model.past(inputs)[:, -1]
-    return model.latent.infer(summary, next_target).mean
+    """The posterior's code for z (its mean) given past inputs (B, C, D) and the next target representation (B, D)."""
+    return model.posterior(inputs, next_target).mean
 
 
 @torch.no_grad()

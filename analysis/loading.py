@@ -50,11 +50,19 @@ def load_model(path: str | Path, *, device: str = "cpu") -> tuple[WorldModel, Pa
     return WorldModel.load(model_dir, map_location=device), model_dir
 
 
-def simulator_config(model_dir: Path, image_size: int) -> BallsConfig:
-    """The simulator settings the model was trained with (from the run's config.yaml), else the defaults."""
+def run_config(model_dir: Path) -> dict:
+    """The resolved training config (as a dict) of the run a model directory belongs to: <run>/config.yaml next to
+    <run>/model, or <run>/config.yaml above <run>/checkpoints/step-N/model. Empty when there is none."""
     for candidate in (model_dir.parent / "config.yaml", model_dir.parent.parent.parent / "config.yaml"):
         if candidate.is_file():
-            data = load_yaml(candidate).get("data", {})
-            if isinstance(data, dict) and isinstance(data.get("balls"), dict):
-                return from_dict(BallsConfig, data["balls"], path="data.balls")
+            config = load_yaml(candidate)
+            return config if isinstance(config, dict) else {}
+    return {}
+
+
+def simulator_config(model_dir: Path, image_size: int) -> BallsConfig:
+    """The simulator settings the model was trained with (from the run's config.yaml), else the defaults."""
+    data = run_config(model_dir).get("data", {})
+    if isinstance(data, dict) and isinstance(data.get("balls"), dict):
+        return from_dict(BallsConfig, data["balls"], path="data.balls")
     return BallsConfig(image_size=image_size)

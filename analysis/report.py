@@ -30,7 +30,7 @@ from worldmodel.model import WorldModel
 
 from . import inference, plots
 from .loading import load_model, simulator_config
-from .multifuture import FuturesConfig, capacity_point, family_name, run_futures
+from .multifuture import FuturesConfig, capacity_point, run_futures
 from .probes import ProbeConfig, run_probes
 from .surprise import SurpriseConfig, run_surprise
 from .tracking import log_analysis, run_directory, training_history

@@ -196,3 +196,27 @@ def test_action_conditioning_shapes_errors_and_effect(model_config, frames):
     flipped = model.sample_futures(frames[:, :3], 3, 2, actions=-actions[:, :4], deterministic=True)
     assert futures.representations.shape == (4, 3, 2, config.encoder.dim)
     assert (futures.representations - flipped.representations).abs().max() > 1e-4
+
+
+def test_rollout_window_feeds_only_the_most_recent_inputs(model_config, frames):
+    torch.manual_seed(0)
+    model = WorldModel(model_config).eval()
+    with torch.no_grad():
+        online, target = model.encode(frames[:, :3]), model.encode_target(frames[:, :3])
+        z = torch.randn(4, 5, model_config.latent.dim)
+        full, _ = model.rollout(online, target[:, -1], 5, latents=z)
+        wide, _ = model.rollout(online, target[:, -1], 5, latents=z, window=8)  # 3 + 5 - 1 inputs at most
+        assert torch.equal(full, wide)
+        # window=2 by hand: every step sees only the last two inputs.
+        narrow, _ = model.rollout(online, target[:, -1], 5, latents=z, window=2)
+        sequence, base, expected = online, target[:, -1], []
+        for k in range(5):
+            step, _ = model.rollout(sequence[:, -2:], base, 1, latents=z[:, k : k + 1])
+            base = step[:, 0]
+            expected.append(base)
+            sequence = torch.cat([sequence, step], dim=1)
+        assert torch.allclose(narrow, torch.stack(expected, dim=1), atol=1e-6)
+        assert not torch.allclose(narrow, full, atol=1e-4)
+        # The posterior method matches the submodules it wraps.
+        posterior = model.posterior(online, target[:, -1])
+        assert torch.equal(posterior.mean, model.latent.infer(model.past(online)[:, -1], target[:, -1]).mean)

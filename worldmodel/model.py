@@ -151,6 +151,7 @@ class WorldModel(nn.Module):
         actions: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         deterministic: bool = False,
+        window: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Open-loop prediction: each prediction is fed back as the next input.
 
@@ -158,14 +159,20 @@ class WorldModel(nn.Module):
         representation of the last observed frame (the base the first residual prediction starts from).
         latents: (B, horizon, Z) to use given z's; otherwise z is drawn from the prior (its mean if
         deterministic). actions: (B, C + horizon - 1, A) for an action-conditioned model, aligned with frames.
+        window: feed the predictor at most this many most recent inputs per step (the sequence length it was
+        trained on: positions beyond it never got a gradient); None feeds everything.
         Returns (predictions (B, horizon, D), latents (B, horizon, Z)).
         """
+        if window is not None and window < 1:
+            raise ValueError(f"window must be >= 1 or None, got {window}")
         sequence, base = context, last_target
         predictions, used = [], []
         for k in range(horizon):
             known = sequence.shape[1]
-            step_actions = None if actions is None else actions[:, :known]
-            summary = self.past(sequence, step_actions)[:, -1]  # (B, width): h at the last known/predicted frame
+            first = 0 if window is None else max(0, known - window)
+            step_actions = None if actions is None else actions[:, first:known]
+            # (B, width): h at the last known/predicted frame
+            summary = self.past(sequence[:, first:], step_actions)[:, -1]
             if latents is not None:
                 z = latents[:, k]
             else:
@@ -263,6 +270,16 @@ class WorldModel(nn.Module):
             if config.latent.capacity == "kl":
                 metrics["latent/kl_nats"] = metrics["latent/capacity"]
         return total, metrics
+
+    @torch.no_grad()
+    def posterior(
+        self, inputs: torch.Tensor, next_target: torch.Tensor, actions: torch.Tensor | None = None
+    ) -> Gaussian:
+        """q(z | past, next frame) for the step after `inputs`: inputs (B, C, D) online representations,
+        next_target (B, D) the target representation of the next frame; actions (B, C, A) when conditioned."""
+        actions = self.prepare_actions(actions, inputs.shape[0], inputs.shape[1])
+        summary = self.past(inputs.float(), actions)[:, -1]
+        return self.latent.infer(summary, next_target.float())
 
     # ------------------------------------------------------------------ energy
     def energy_of_representations(
