@@ -49,24 +49,30 @@ def pairwise_diversity(samples: np.ndarray) -> np.ndarray:
     return diff[:, off_diagonal].mean(axis=(0, 1))
 
 
-def assign_modes(points: np.ndarray, modes: np.ndarray, tolerance: float | np.ndarray | None = None) -> np.ndarray:
+def assign_modes(points: np.ndarray, modes: np.ndarray, tolerance: float | np.ndarray | None = None, *,
+                 null: np.ndarray | None = None) -> np.ndarray:
     """Which true mode each predicted point falls in: nearest mode, if closer than the tolerance, else -1.
 
-    points: (B, S, P) e.g. probed positions of S samples; modes: (B, K, P). tolerance: scalar or (B,) radius; None
-    uses half the smallest distance between two modes of the scene, so every point goes to at most one mode.
-    Returns (B, S) int64.
+    points: (B, S, P) e.g. probed positions of S samples; modes: (B, K, P). null: optional (B, P), a point that is
+    no mode (e.g. where the object goes if the fork does not happen): it competes like a mode, and points that fall
+    to it are -1, so a prediction sitting between the modes never counts as a hit. tolerance: scalar or (B,)
+    radius; None uses half the smallest distance between two candidates (modes and null) of the scene, so every
+    point goes to at most one. Returns (B, S) int64.
     """
     points, modes = np.asarray(points, np.float64), np.asarray(modes, np.float64)
-    dist = np.sqrt(((points[:, :, None] - modes[:, None]) ** 2).sum(-1))  # (B, S, K)
+    k = modes.shape[1]
+    if null is not None:
+        modes = np.concatenate([modes, np.asarray(null, np.float64)[:, None]], axis=1)  # (B, K + 1, P)
+    dist = np.sqrt(((points[:, :, None] - modes[:, None]) ** 2).sum(-1))  # (B, S, K[+1])
     if tolerance is None:
-        between = np.sqrt(((modes[:, :, None] - modes[:, None]) ** 2).sum(-1))  # (B, K, K)
-        k = modes.shape[1]
-        between[:, np.arange(k), np.arange(k)] = np.inf
+        between = np.sqrt(((modes[:, :, None] - modes[:, None]) ** 2).sum(-1))  # (B, K', K')
+        count = modes.shape[1]
+        between[:, np.arange(count), np.arange(count)] = np.inf
         tolerance = 0.5 * between.min(axis=(1, 2))
     tolerance = np.broadcast_to(np.asarray(tolerance, np.float64), (points.shape[0],))
     nearest = dist.argmin(-1)
     close = np.take_along_axis(dist, nearest[..., None], -1)[..., 0] < tolerance[:, None]
-    return np.where(close, nearest, -1).astype(np.int64)
+    return np.where(close & (nearest < k), nearest, -1).astype(np.int64)
 
 
 def mode_coverage(assignments: np.ndarray, num_modes: int, ns: Sequence[int]) -> np.ndarray:

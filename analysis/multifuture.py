@@ -9,6 +9,8 @@ and the capacity point of a model, on fork scenes whose future distribution is k
                  nearer that mode's true position than half the distance between the two closest modes
     calibration  how often samples land in each mode, against the true probabilities
     ranking      energy of the true future among futures taken from other scenes (lower is better)
+    ceiling      the same coverage and best-of-N for the training simulator itself, sampled from the true state
+                 with its own kick process: no model of that data can do better
     z-leak       how much of the error the posterior z removes for the true next frame, against how much it removes
                  for a shuffled one (another clip's frame): a z that only carries the unpredictable kick cannot
                  reach an arbitrary frame, a z that leaks the target can
@@ -17,13 +19,13 @@ and the capacity point of a model, on fork scenes whose future distribution is k
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
 
 from envs.clips import generate_clips
-from envs.physics import BallsConfig
+from envs.physics import BallsBatch, BallsConfig
 from envs.scenes import ForkConfig, ForkScenes, generate_fork_scenes
 from worldmodel.model import WorldModel, distance
 
@@ -134,12 +136,14 @@ def evaluate_family(model: WorldModel, scenes: ForkScenes, probe: RidgeProbe, co
     h_eval = horizon - 1
 
     modes = scenes.mode_positions()[:, :, h_eval]  # (S, K, 2)
+    null = scenes.null_positions()[:, h_eval]  # (S, 2): no kick at the fork, which is no mode
     color = palette_index(scenes.context_state["colors"][:, 0, 0], scenes.balls.palette)  # the forked ball's
     sample_points = probe_positions(probe, sampled[:, :, h_eval], color)  # (S, N, 2)
-    assigned = assign_modes(sample_points, modes)
-    mean_assigned = assign_modes(probe_positions(probe, mean[:, None, h_eval], color), modes)
+    assigned = assign_modes(sample_points, modes, null=null)
+    mean_points = probe_positions(probe, mean[:, None, h_eval], color)
+    mean_assigned = assign_modes(mean_points, modes, null=null)
     truth_points = probe_positions(probe, futures_target[:, :, h_eval], color)  # (S, K, 2)
-    truth_assigned = assign_modes(truth_points, modes)
+    truth_assigned = assign_modes(truth_points, modes, null=null)
     probe_accuracy = float((truth_assigned == np.arange(k)[None]).mean())
     position_error = float(np.linalg.norm(truth_points - modes, axis=-1).mean())
 
@@ -210,6 +214,59 @@ def _energy_ranking(model: WorldModel, online: torch.Tensor, target: torch.Tenso
     if others:
         result["vs_other_ways"] = rank_statistics(true_energy.cpu().numpy(), torch.stack(others, 1).cpu().numpy())
     return result
+
+
+# --------------------------------------------------------------------------------------------------- ceiling
+
+
+def simulator_ceiling(scenes: ForkScenes, balls: BallsConfig, config: FuturesConfig) -> dict[str, object]:
+    """What the training simulator itself would score: N futures per scene run from the true state at the last
+    context frame with the training data's own kick process (`balls.kick_prob`, `balls.kick_strength`), ball 0 read
+    at the last horizon step from the true positions (no probe, no model).
+
+    A model can at best learn the distribution of its training data, so this is the ceiling of mode coverage and of
+    best-of-N (in position space: squared distance of ball 0 to the way that happened, against the no-kick
+    continuation, which is the simulator's deterministic prediction) for any model trained on `balls`. When the
+    training kicks are rare, most samples do not kick at the fork at all, and the ceiling is far below what a fork
+    that always happens would need.
+    """
+    s, k, n = len(scenes), scenes.fork.directions, config.samples
+    last = {key: value[:, -1] for key, value in scenes.context_state.items()}  # (S, M, ...)
+    repeat = lambda x: np.repeat(x, n, axis=0)  # noqa: E731  (S, ...) -> (S*N, ...)
+    initial = [
+        {
+            "positions": p, "velocities": v, "radii": r, "colors": c, "present": present,
+            "masses": np.where(present, m, 1.0),
+        }
+        for p, v, r, c, m, present in zip(*(repeat(last[key]) for key in
+                                            ("positions", "velocities", "radii", "colors", "masses", "present")))
+    ]
+    rng = np.random.default_rng(config.seed + 77)
+    sampled = BallsBatch(balls, initial)
+    still = BallsBatch(replace(balls, kick_prob=0.0), initial)
+    m = balls.max_balls
+    for _ in range(scenes.fork.horizon):
+        sampled.step(rng.random((s * n, m)), rng.standard_normal((s * n, m, 2)))
+        still.step(np.ones((s * n, m)), np.zeros((s * n, m, 2)))
+    points = sampled.positions[:, 0].reshape(s, n, 2)  # ball 0 at the last horizon step
+    deterministic = still.positions[::n, 0]  # (S, 2)
+    modes = scenes.mode_positions()[:, :, -1]  # (S, K, 2)
+    truth = modes[np.arange(s), scenes.realized]  # (S, 2)
+    assigned = assign_modes(points, modes, null=scenes.null_positions()[:, -1])
+    ns = [m_ for m_ in config.ns if m_ <= n]
+    errors = ((points - truth[:, None]) ** 2).sum(-1)  # (S, N)
+    deterministic_error = float(((deterministic - truth) ** 2).sum(-1).mean())
+    kicked = float(sampled.kicked.mean())
+    return {
+        "kick_prob": balls.kick_prob,
+        "kick_strength": balls.kick_strength,
+        "mode_coverage": {str(m_): float(c) for m_, c in zip(ns, mode_coverage(assigned, k, ns))},
+        "calibration": calibration(assigned, scenes.probabilities),
+        "position_best_of_n_over_deterministic": {
+            str(m_): float(errors[:, :m_].min(1).mean() / max(deterministic_error, 1e-12)) for m_ in ns
+        },
+        "last_step_kick_rate": kicked,
+    }
 
 
 # --------------------------------------------------------------------------------------------------- z leak
@@ -292,6 +349,7 @@ def run_futures(model: WorldModel, balls: BallsConfig, config: FuturesConfig | N
         scenes = generate_fork_scenes(balls, fork, config.scenes, seed=config.seed + 100 * i)
         name = family_name(probabilities)
         families[name] = evaluate_family(model, scenes, probe, config, window=window, generator=generator)
+        families[name]["simulator_ceiling"] = simulator_ceiling(scenes, balls, config)
         clips = scenes.realized_clips()
         online, target = inference.encode(model, clips), inference.encode(model, clips, target=True)
         # At the fork, z has a real job (which way the kick went); that is where a leak would matter most.
@@ -304,6 +362,7 @@ def run_futures(model: WorldModel, balls: BallsConfig, config: FuturesConfig | N
     targets = {
         "best_of_10_over_deterministic_at_h10": headline["at_horizon"].get("best_of_10_over_deterministic"),
         "mode_coverage_at_n10": headline["mode_coverage"].get("10"),
+        "simulator_ceiling_mode_coverage_at_n10": headline["simulator_ceiling"]["mode_coverage"].get("10"),
         "target_best_of_10_ratio": 0.5,
         "target_mode_coverage": 0.9,
     }

@@ -4,7 +4,12 @@ For every frame t >= 1 of held-out simulator clips the probe input is the repres
 side by side (velocity is not visible in one still frame), and the targets are the simulator's state at t:
 
     position, velocity, speed, radius          regression per ball, a ball being known by its colour (R2 over
-                                                the balls present)
+                                                the balls present). velocity is the displacement from t-1 to t,
+                                                the motion the two frames show; speed and direction are its norm
+                                                and angle
+    velocity_state                              the simulator's velocity at t, which after a bounce at t already
+                                                points the new way: no pair of frames up to t shows it, so even the
+                                                true positions stay below R2 = 1 on it (kept as a reference)
     direction (8 bins) per ball, colours present, count
                                                 classification (balanced accuracy)
     contact_within_k                            a ball touches another ball within the next k frames
@@ -41,7 +46,7 @@ from . import inference
 from .metrics import auroc, balanced_accuracy, r2_score
 from .probe_models import Split, fit_probe, score
 
-REGRESSION = ("position", "velocity", "speed", "radius")
+REGRESSION = ("position", "velocity", "velocity_state", "speed", "radius")
 CLASSIFICATION = ("direction", "color", "count", "contact_within_k")
 CONTACT_GAP = 1e-3
 """Two balls whose rims are closer than this (image sides) touch (the simulator separates colliding balls to
@@ -139,9 +144,13 @@ def state_targets(state: dict[str, np.ndarray], num_balls: np.ndarray, balls: Ba
     """Every frame-level target of a clip set, rows ordered like `_rows`; per-ball targets are per colour."""
     palette = balls.palette
     pos, present = by_color(state["positions"], state, palette)  # (N, T, P, 2), (N, T, P)
-    vel, _ = by_color(state["velocities"], state, palette)
+    vel_state, _ = by_color(state["velocities"], state, palette)
     radius, _ = by_color(state["radii"], state, palette)
-    pos, vel, radius, present = _rows(pos), _rows(vel), _rows(radius), _rows(present)
+    # Displacement t-1 -> t (frames >= 1 only, which is all `_rows` keeps); a ball's colour never changes in a clip,
+    # so the same colour slot is present in both frames.
+    vel = pos[:, 1:] - pos[:, :-1]
+    pos, vel_state, radius, present = _rows(pos), _rows(vel_state), _rows(radius), _rows(present)
+    vel = vel.reshape(-1, *vel.shape[2:])
     speed = np.linalg.norm(vel, axis=-1)
     angle = np.mod(np.arctan2(vel[..., 1], vel[..., 0]), 2 * math.pi)
     bins = np.minimum((angle / (2 * math.pi / config.direction_bins)).astype(np.int64), config.direction_bins - 1)
@@ -160,6 +169,7 @@ def state_targets(state: dict[str, np.ndarray], num_balls: np.ndarray, balls: Ba
     return {
         "position": Target("regression", pos.reshape(len(pos), -1), two),
         "velocity": Target("regression", vel.reshape(len(vel), -1), two),
+        "velocity_state": Target("regression", vel_state.reshape(len(vel_state), -1), two),
         "speed": Target("regression", speed, present),
         "radius": Target("regression", radius, present),
         "direction": Target("classification", bins, present & (speed > 1e-9), config.direction_bins),
@@ -200,7 +210,8 @@ def pixel_features(clips: np.ndarray, size: int) -> torch.Tensor:
 def oracle_features(state: dict[str, np.ndarray], balls: BallsConfig) -> torch.Tensor:
     """The true position of every ball (by colour) and which colours are present: (N, T, 3P). A representation that
     encoded positions perfectly could give a probe no more; it shows how far each target is readable at all (a
-    velocity after a bounce is not the displacement that led to it, so even this stays below R2 = 1)."""
+    simulator velocity after a bounce is not the displacement that led to it, so even this stays below R2 = 1 on
+    velocity_state)."""
     positions, present = by_color(state["positions"], state, balls.palette)
     flat = positions.reshape(*positions.shape[:2], -1)
     return torch.as_tensor(np.concatenate([flat, present], axis=-1), dtype=torch.float32)
@@ -379,8 +390,9 @@ def _predicted_probe(model: WorldModel, clips, split: dict[str, np.ndarray], bal
         probe = fit_probe("linear", "regression", _subset(features, target, rows["train"]),
                           _subset(features, target, rows["val"]))
         per_horizon, copy_last = [], []
-        values, present = by_color(clips.state["positions" if name == "position" else "velocities"], clips.state,
-                                   balls.palette)
+        values, present = by_color(clips.state["positions"], clips.state, balls.palette)
+        if name == "velocity":  # the displacement into each frame, as in `state_targets` (frame 0: none, unused)
+            values = np.concatenate([np.zeros_like(values[:, :1]), values[:, 1:] - values[:, :-1]], axis=1)
         state, present = values[test], np.repeat(present[test], 2, axis=-1)  # (n, T, P, 2), (n, T, 2P)
         # Baseline: the probe read on the last observed pair of frames, i.e. "the state stays as last seen".
         last_seen = probe.predict(

@@ -46,8 +46,8 @@ class ForkConfig:
     horizon: int = 10
     """Future frames simulated for every way."""
     min_separation: float = 0.15
-    """Every pair of ways must leave ball 0 at least this far apart at the last frame (else the scene is redrawn),
-    so that each mode is identifiable from ball 0's position."""
+    """Every pair of ways, and every way and the unkicked continuation, must leave ball 0 at least this far apart at
+    the last frame (else the scene is redrawn), so that each mode is identifiable from ball 0's position."""
 
     def validate(self) -> None:
         if not (isinstance(self.directions, int) and self.directions >= 2):
@@ -89,6 +89,9 @@ class ForkScenes:
     """(S, K) kick direction of each way, radians."""
     realized: np.ndarray
     """(S,) int64: the way that happened, drawn with `probabilities`."""
+    unkicked: np.ndarray
+    """(S, F, max_balls, 2) positions of every ball had the fork's kick not happened (the continuation a model that
+    expects no kick predicts): not one of the ways, so a sample landing there hits no mode."""
     balls: BallsConfig
     """Simulator settings the scenes were drawn from (kicks off except the fork)."""
     fork: ForkConfig = field(default_factory=ForkConfig)
@@ -105,6 +108,10 @@ class ForkScenes:
     def mode_positions(self, ball: int = 0) -> np.ndarray:
         """(S, K, F, 2) position of `ball` in every way's future (ball 0 is the one that forks)."""
         return self.future_state["positions"][:, :, :, ball]
+
+    def null_positions(self, ball: int = 0) -> np.ndarray:
+        """(S, F, 2) position of `ball` had the fork not happened."""
+        return self.unkicked[:, :, ball]
 
 
 def _simulate(config: BallsConfig, initial: list[dict[str, np.ndarray]], kicks: np.ndarray, angles: np.ndarray,
@@ -150,7 +157,7 @@ def generate_fork_scenes(balls: BallsConfig, fork: ForkConfig, num_scenes: int, 
     kicking = replace(balls, kick_prob=1.0, kick_strength=fork.kick)
     probs = fork.resolved_probabilities()
 
-    kept_context, kept_future, kept_angles, kept_realized = [], [], [], []
+    kept_context, kept_future, kept_angles, kept_realized, kept_unkicked = [], [], [], [], []
     for index in range(num_scenes):
         for attempt in range(_MAX_ATTEMPTS):
             rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, attempt)))
@@ -162,13 +169,14 @@ def generate_fork_scenes(balls: BallsConfig, fork: ForkConfig, num_scenes: int, 
             ctx_states, _ = _simulate(kicking, [initial], np.zeros((1, c - 1, m), bool), np.zeros((1, c - 1, m)),
                                       c - 1)
             last = _initial_from(ctx_states[-1], 0)
-            kicks = np.zeros((k, f, m), bool)
-            kicks[:, 0, 0] = True
-            kick_angles = np.zeros((k, f, m))
-            kick_angles[:, 0, 0] = angles
-            fut_states, fut_positions = _simulate(kicking, [last] * k, kicks, kick_angles, f)
-            end = fut_positions[:, -1, 0]  # (K, 2) ball 0 at the last frame of each way
-            gaps = np.hypot(*(end[:, None] - end[None]).transpose(2, 0, 1))[np.triu_indices(k, 1)]
+            # K kicked copies plus one unkicked (the last), which is no way of the fork but must be told apart.
+            kicks = np.zeros((k + 1, f, m), bool)
+            kicks[:k, 0, 0] = True
+            kick_angles = np.zeros((k + 1, f, m))
+            kick_angles[:k, 0, 0] = angles
+            fut_states, fut_positions = _simulate(kicking, [last] * (k + 1), kicks, kick_angles, f)
+            end = fut_positions[:, -1, 0]  # (K + 1, 2) ball 0 at the last frame of each way and unkicked
+            gaps = np.hypot(*(end[:, None] - end[None]).transpose(2, 0, 1))[np.triu_indices(k + 1, 1)]
             if gaps.min() >= fork.min_separation:
                 break
         else:
@@ -177,7 +185,9 @@ def generate_fork_scenes(balls: BallsConfig, fork: ForkConfig, num_scenes: int, 
                 f"{fork.min_separation} apart after {_MAX_ATTEMPTS} tries; lower min_separation or raise kick"
             )
         kept_context.append(_stack_states(ctx_states))  # (1, C, M, ...)
-        kept_future.append(_stack_states(fut_states[1:]))  # (K, F, M, ...)
+        future = _stack_states(fut_states[1:])  # (K + 1, F, M, ...)
+        kept_future.append({key: value[:k] for key, value in future.items()})
+        kept_unkicked.append(future["positions"][k])  # (F, M, 2)
         kept_angles.append(angles)
         kept_realized.append(realized)
 
@@ -201,6 +211,7 @@ def generate_fork_scenes(balls: BallsConfig, fork: ForkConfig, num_scenes: int, 
         probabilities=probs,
         angles=np.stack(kept_angles),
         realized=np.asarray(kept_realized, dtype=np.int64),
+        unkicked=np.stack(kept_unkicked),
         balls=replace(balls, kick_prob=0.0),
         fork=fork,
     )

@@ -52,7 +52,8 @@ def test_probe_command(run_dir, tmp_path, capsys):
                  *COMMON])
     assert code == 0
     result = json.loads((out / "probe.json").read_text())
-    names = {"position", "velocity", "speed", "radius", "direction", "color", "count", "contact_within_k"}
+    names = {"position", "velocity", "velocity_state", "speed", "radius", "direction", "color", "count",
+             "contact_within_k"}
     assert names <= set(result["targets"])
     position = result["targets"]["position"]
     assert set(position["results"]) == {"model", "random_init", "pixels", "oracle_positions"}

@@ -77,6 +77,12 @@ def test_mode_assignment_coverage_and_calibration():
     assert result["sampled"] == pytest.approx([0.75, 0.25]) and result["unassigned"] == 0.0
     # All samples in mode 0 while the truth is 50/50: total variation 0.5.
     assert calibration(np.zeros((3, 4), int), np.array([0.5, 0.5]))["total_variation"] == pytest.approx(0.5)
+    # A null point (no fork) competes like a mode: a sample sitting on it, between the modes, hits nothing, and the
+    # tolerance shrinks to half the smallest candidate distance (0.25 here).
+    null = np.array([[0.5, 0.0]])
+    between = np.array([[[0.5, 0.01], [0.8, 0.0], [0.2, 0.0], [0.7, 0.0]]])
+    assert assign_modes(between, modes, null=null).tolist() == [[-1, 1, 0, -1]]
+    assert assign_modes(between, modes).tolist() == [[-1, 1, 0, 1]]
     # Unassigned samples are reported, not counted as a mode.
     assert calibration(np.array([[0, 1, -1, -1]]), np.array([0.5, 0.5]))["unassigned"] == pytest.approx(0.5)
 

@@ -51,6 +51,17 @@ def test_fork_scenes_hold_every_way_with_its_odds():
     end = modes[:, :, -1]
     gaps = [np.linalg.norm(end[:, a] - end[:, b], axis=-1) for a in range(3) for b in range(a + 1, 3)]
     assert np.min(gaps) >= 0.1
+    # The unkicked continuation is kept, apart from every way, and equals the ways before the fork.
+    null = scenes.null_positions()  # (S, F, 2)
+    assert null.shape == (120, 6, 2) and scenes.unkicked.shape == (120, 6, SMALL.max_balls, 2)
+    assert np.linalg.norm(end - null[:, None, -1], axis=-1).min() >= 0.1
+    # One step after the fork, a way is the unkicked position moved by the kick (away from walls and other balls).
+    free = ~scenes.future_state["contacts"][:, :, 0].any(1)  # (S, M): no contact on the first step of any way
+    step = scenes.future_state["positions"][:, :, 0, 0] - null[:, None, 0]  # (S, K, 2)
+    expected = fork.kick * np.stack([np.cos(scenes.angles), np.sin(scenes.angles)], -1)
+    # (The unkicked ball may itself touch a wall on that step, so only most scenes match exactly.)
+    exact = np.isclose(step, expected, atol=1e-9).all((1, 2))[free[:, 0]]
+    assert free[:, 0].sum() > 50 and exact.mean() > 0.7
     # The ways already differ at the first future frame (the kick acts on the step into it).
     first = scenes.future_state["positions"][:, :, 0, 0]
     assert np.all(np.linalg.norm(first[:, 0] - first[:, 1], axis=-1) > 0)
@@ -73,6 +84,25 @@ def test_fork_kick_is_the_simulators_kick_on_ball_zero():
     assert free.sum() > 10
     assert np.allclose(change[free, 0], [0.03, 0.0], atol=1e-9)
     assert np.allclose(change[free, 1], [-0.03, 0.0], atol=1e-9)
+
+
+def test_simulator_ceiling_of_rare_and_certain_kicks():
+    from analysis.multifuture import FuturesConfig, simulator_ceiling
+
+    balls = BallsConfig(image_size=32, max_balls=1, speed_range=(0.02, 0.03))
+    fork = ForkConfig(directions=2, kick=0.04, context=3, horizon=8)
+    scenes = generate_fork_scenes(balls, fork, 64, seed=3)
+    config = FuturesConfig(samples=20, ns=(1, 10, 20))
+    # Training kicks as rare as the simulator's default: most samples never kick and land on no way.
+    rare = simulator_ceiling(scenes, replace(balls, kick_prob=0.02, kick_strength=0.04), config)
+    assert rare["mode_coverage"]["10"] < 0.5 and rare["calibration"]["unassigned"] > 0.6
+    # No kicks at all: every sample is the unkicked continuation, which is no mode, and best-of-N gains nothing.
+    never = simulator_ceiling(scenes, replace(balls, kick_prob=0.0), config)
+    assert never["mode_coverage"]["20"] == 0.0
+    assert never["position_best_of_n_over_deterministic"]["20"] == pytest.approx(1.0)
+    # A kick every step of the fork's size: coverage climbs far above the rare case.
+    often = simulator_ceiling(scenes, replace(balls, kick_prob=1.0, kick_strength=0.04), config)
+    assert often["mode_coverage"]["20"] > rare["mode_coverage"]["20"] + 0.2
 
 
 def test_fork_config_errors_name_the_field():

@@ -24,6 +24,11 @@ class EncoderConfig:
     """Channels read out as spatial-softmax keypoints (expected x, y and a presence score per channel, Levine et
     al. 2016) next to the flattened feature map; 0 disables them. Keypoint coordinates move linearly with the
     objects, which makes motion easy to extrapolate in representation space."""
+    keypoint_stage: int = 1
+    """Which conv stage's output the keypoints are read from (0 = the first, -1 = the last). An early stage has a
+    fine map (image_size / 2**(stage + 1) per side), so an expected position is precise to a fraction of a pixel;
+    the last stage's map is only 4x4 at 64x64 and quantises positions coarsely. Saved models that predate this
+    field were built with -1 and load as such."""
 
 
 @dataclass
@@ -156,6 +161,11 @@ class ModelConfig:
                         f"model.{name}.channels={channels}: each must be divisible by model.encoder.groups="
                         f"{self.encoder.groups}"
                     )
+        if not -stages <= self.encoder.keypoint_stage < stages:
+            raise ValueError(
+                f"model.encoder.keypoint_stage={self.encoder.keypoint_stage} must index one of the {stages} conv "
+                f"stages (0..{stages - 1}, or negative from the end)"
+            )
         if self.context_frames < 1:
             raise ValueError(f"model.context_frames must be >= 1, got {self.context_frames}")
         if self.context_frames >= self.predictor.max_len:

@@ -1,7 +1,7 @@
 """Convolutional frame encoder: frames (..., 3, H, W) in [0, 1] -> representations (..., D).
 
-Stride-2 conv stages with GroupNorm + SiLU. Two readouts of the final feature map are concatenated and mapped
-linearly to D: the flattened map (what is where, in any form) and spatial-softmax keypoints (Levine et al. 2016,
+Stride-2 conv stages with GroupNorm + SiLU. Two readouts are concatenated and mapped linearly to D: the flattened
+final feature map (what is where, in any form) and spatial-softmax keypoints of an earlier, finer stage (Levine et al. 2016,
 "End-to-end training of deep visuomotor policies"): for each of `keypoints` channels, the softmax-weighted mean
 x and y over the map plus a presence score. Keypoint coordinates are smooth, near-linear functions of object
 positions, so a moving object traces a straight line in representation space, and the predictor can extrapolate
@@ -41,21 +41,25 @@ class SpatialSoftmax(nn.Module):
 class FrameEncoder(nn.Module):
     def __init__(self, config: EncoderConfig, *, image_size: int) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
+        stages: list[nn.Module] = []
         in_channels = 3
         for out_channels in config.channels:
-            layers += [
+            stages.append(nn.Sequential(
                 nn.Conv2d(in_channels, out_channels, kernel_size=4, stride=2, padding=1),
                 nn.GroupNorm(config.groups, out_channels),
                 nn.SiLU(),
                 nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1),
                 nn.GroupNorm(config.groups, out_channels),
                 nn.SiLU(),
-            ]
+            ))
             in_channels = out_channels
-        self.convs = nn.Sequential(*layers)
+        self.stages = nn.ModuleList(stages)
         side = image_size // 2 ** len(config.channels)
-        self.keypoints = SpatialSoftmax(in_channels, config.keypoints, side) if config.keypoints > 0 else None
+        self.keypoint_stage = config.keypoint_stage % len(config.channels)
+        self.keypoints = None
+        if config.keypoints > 0:
+            keypoint_side = image_size // 2 ** (self.keypoint_stage + 1)
+            self.keypoints = SpatialSoftmax(config.channels[self.keypoint_stage], config.keypoints, keypoint_side)
         readout = in_channels * side * side + 3 * config.keypoints
         self.to_representation = nn.Linear(readout, config.dim)
 
@@ -63,9 +67,13 @@ class FrameEncoder(nn.Module):
         """frames: (B, T, 3, H, W) float -> (B, T, D)."""
         batch = frames.shape[0]
         x = rearrange(frames, "b t c h w -> (b t) c h w")
-        x = self.convs(x)  # (B*T, C, h, w)
-        readout = [rearrange(x, "bt c h w -> bt (c h w)")]
-        if self.keypoints is not None:
-            readout.append(self.keypoints(x).to(readout[0].dtype))
+        keypoints = None
+        for index, stage in enumerate(self.stages):
+            x = stage(x)
+            if self.keypoints is not None and index == self.keypoint_stage:
+                keypoints = self.keypoints(x)  # (B*T, 3K) from a finer map than the last one
+        readout = [rearrange(x, "bt c h w -> bt (c h w)")]  # x: (B*T, C, h, w), the last stage
+        if keypoints is not None:
+            readout.append(keypoints.to(readout[0].dtype))
         representation = self.to_representation(torch.cat(readout, dim=-1))
         return rearrange(representation, "(b t) d -> b t d", b=batch)

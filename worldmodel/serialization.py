@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -72,8 +73,13 @@ def read_config(directory: Path) -> ModelConfig:
         raise CheckpointError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(payload, dict) or "model" not in payload:
         raise CheckpointError(f"{path}: expected a JSON object with a 'model' entry")
+    model = payload["model"]
+    encoder = model.get("encoder") if isinstance(model, dict) else None
+    if isinstance(encoder, dict) and "keypoint_stage" not in encoder:
+        # Saved before keypoints could come from an earlier stage: those models read them from the last one.
+        encoder["keypoint_stage"] = -1
     try:
-        return from_dict(ModelConfig, payload["model"], path="model")
+        return from_dict(ModelConfig, model, path="model")
     except (ConfigError, ValueError) as error:
         raise CheckpointError(f"{path}: invalid model config: {error}") from None
 
@@ -88,6 +94,22 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {error}") from None
+
+
+_OLD_CONV = re.compile(r"^((?:target_)?encoder)\.convs\.(\d+)\.(.+)$")
+"""Encoders saved before the conv stages became a ModuleList held one flat Sequential of 6 layers per stage."""
+
+
+def upgrade_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename weights of older saved models to the current layout (same tensors, new names)."""
+    upgraded = {}
+    for name, tensor in state.items():
+        match = _OLD_CONV.match(name)
+        if match:
+            prefix, layer, rest = match.group(1), int(match.group(2)), match.group(3)
+            name = f"{prefix}.stages.{layer // 6}.{layer % 6}.{rest}"
+        upgraded[name] = tensor
+    return upgraded
 
 
 def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
@@ -115,5 +137,5 @@ def load_model(cls: type["WorldModel"], directory: str | Path, *, map_location="
         raise CheckpointError(f"{directory}: not a directory; expected a saved model ({CONFIG_FILE}, {WEIGHTS_FILE})")
     config = read_config(directory)
     model = cls(config)
-    load_state_strict(model, read_weights(directory / WEIGHTS_FILE), directory / WEIGHTS_FILE)
+    load_state_strict(model, upgrade_state(read_weights(directory / WEIGHTS_FILE)), directory / WEIGHTS_FILE)
     return model.to(map_location)
