@@ -61,8 +61,11 @@ def run_config(model_dir: Path) -> dict:
 
 
 def simulator_config(model_dir: Path, image_size: int) -> BallsConfig:
-    """The simulator settings the model was trained with (from the run's config.yaml), else the defaults."""
+    """The simulator settings the model was trained with (from the run's config.yaml), else the defaults, without
+    the random walls and occluders of training clips (`BallsConfig.open_scene`): the analyses place their own (the
+    VoE suite its walls and occluders, the hidden-ball probe its occluder), and probes of positions are read where
+    every ball can be seen."""
     data = run_config(model_dir).get("data", {})
     if isinstance(data, dict) and isinstance(data.get("balls"), dict):
-        return from_dict(BallsConfig, data["balls"], path="data.balls")
+        return from_dict(BallsConfig, data["balls"], path="data.balls").open_scene()
     return BallsConfig(image_size=image_size)

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from envs.physics import BallsBatch, BallsConfig, Renderer, draw_step_noise, sample_initial
+from envs.physics import BallsBatch, BallsConfig, Furniture, Renderer, draw_step_noise, sample_initial
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 """Part of the cache key: bump whenever the simulator or renderer changes what a given seed produces."""
 
 STATE_DTYPES: dict[str, np.dtype] = {
@@ -43,6 +43,8 @@ STATE_DTYPES: dict[str, np.dtype] = {
     "kicked": np.dtype(bool),
     "occluded": np.dtype(bool),
     "present": np.dtype(bool),
+    "wall": np.dtype(np.float32),
+    "occluder": np.dtype(np.int16),
 }
 """Stored ground-truth arrays; float32 because that is what models and probes consume (simulation runs in float64)."""
 
@@ -82,7 +84,7 @@ def clip_rng(seed: int, index: int) -> np.random.Generator:
 
 def _empty_state(config: BallsConfig, shape: tuple[int, int]) -> dict[str, np.ndarray]:
     m = config.max_balls
-    tails = {"positions": (m, 2), "velocities": (m, 2), "colors": (m, 3)}
+    tails = {"positions": (m, 2), "velocities": (m, 2), "colors": (m, 3), "wall": (2,), "occluder": (2,)}
     return {k: np.zeros(shape + tails.get(k, (m,)), dtype=dt) for k, dt in STATE_DTYPES.items()}
 
 
@@ -121,7 +123,8 @@ def _generate_into(
     for b in range(batch_size):
         # Balls neither appear nor vanish within a clip, so the present set, radii and colours are per-clip.
         keep = np.flatnonzero(sim.present[b])
-        renderer.draw_clip(frames[b], positions[b][:, keep], sim.radii[b, keep], sim.colors[b, keep])
+        furniture = Furniture.from_state(sim.wall[b], sim.clip_occluder[b], config.image_size)
+        renderer.draw_clip(frames[b], positions[b][:, keep], sim.radii[b, keep], sim.colors[b, keep], furniture)
 
 
 def generate_clips(config: BallsConfig, num_clips: int, clip_length: int, seed: int) -> ClipSet:

@@ -17,7 +17,7 @@ numpy + stdlib only: `envs.clips` builds on this module and must import without 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -88,6 +88,22 @@ class BallsConfig:
     """Width of the occluder bar, as a fraction of the image width."""
     occluder_color: tuple[int, int, int] = (128, 128, 128)
     """RGB of the occluder bar (gray, so it is unlike every palette colour)."""
+    occluder_prob: float = 0.0
+    """Probability that a clip gets an occluder bar of `occluder_width` at a random place (centre uniform in
+    `occluder_x_range`), on top of the fixed `occluder` if that is on. With a bar wide enough to hide a ball whole,
+    balls go out of sight and come back, which is what object permanence is learned from."""
+    occluder_x_range: tuple[float, float] = (0.3, 0.7)
+    """Range of the centre of a clip's random occluder, as a fraction of the image width."""
+    wall_prob: float = 0.0
+    """Probability that a clip has a solid full-height vertical wall of `wall_width` (centre uniform in
+    `wall_x_range`) that balls bounce off exactly like the box's sides; it splits the box into two chambers. Balls
+    never overlap it, so a ball seen inside a wall is something no training clip shows."""
+    wall_x_range: tuple[float, float] = (0.4, 0.6)
+    """Range of the centre of a clip's wall, as a fraction of the image width."""
+    wall_width: float = 0.06
+    """Width of the wall, as a fraction of the image width."""
+    wall_color: tuple[int, int, int] = (235, 235, 235)
+    """RGB of the wall (light gray: unlike every palette colour and the occluder; `envs.raster.Wall`'s colour)."""
     kick_prob: float = 0.05
     """Probability, per step and per ball, of a random kick: the unpredictable part of the dynamics."""
     kick_strength: float = 0.04
@@ -104,7 +120,8 @@ class BallsConfig:
     def __post_init__(self) -> None:
         # Configs arrive from JSON/YAML with lists where tuples are declared; normalise so that equality, hashing
         # of the cache key and validation all see one representation.
-        for name in ("radius_range", "speed_range", "occluder_color", "background"):
+        for name in ("radius_range", "speed_range", "occluder_color", "background", "occluder_x_range", "wall_x_range",
+                     "wall_color"):
             value = getattr(self, name)
             if isinstance(value, list):
                 setattr(self, name, tuple(value))
@@ -135,6 +152,23 @@ class BallsConfig:
         if not (_is_real(self.occluder_width) and 0.0 < self.occluder_width <= 1.0):
             raise ValueError(f"occluder_width must be a number in (0, 1], got {self.occluder_width!r}")
         _check_rgb("occluder_color", self.occluder_color)
+        _check_rgb("wall_color", self.wall_color)
+        for name in ("occluder_prob", "wall_prob"):
+            value = getattr(self, name)
+            if not (_is_real(value) and 0.0 <= value <= 1.0):
+                raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+        _check_pair("occluder_x_range", self.occluder_x_range, 0.0, 1.0 + 1e-12, open_low=False)
+        _check_pair("wall_x_range", self.wall_x_range, 0.0, 1.0, open_low=True)
+        if not (_is_real(self.wall_width) and 0.0 < self.wall_width < 0.5):
+            raise ValueError(f"wall_width must be a number in (0, 0.5), got {self.wall_width!r}")
+        if self.wall_prob > 0:
+            # Each chamber must hold the largest ball with room to move.
+            room = min(self.wall_x_range[0] - 0.5 * self.wall_width, 1.0 - self.wall_x_range[1] - 0.5 * self.wall_width)
+            if room < 2.0 * self.radius_range[1] + 0.05:
+                raise ValueError(
+                    f"wall_x_range {self.wall_x_range} with wall_width {self.wall_width} leaves a chamber of "
+                    f"{room:.3f}; expected >= 2 * radius_range[1] + 0.05 = {2 * self.radius_range[1] + 0.05:.3f}"
+                )
         if not (_is_real(self.kick_prob) and 0.0 <= self.kick_prob <= 1.0):
             raise ValueError(f"kick_prob must be a probability in [0, 1], got {self.kick_prob!r}")
         if not (_is_real(self.kick_strength) and 0.0 <= self.kick_strength < math.inf):
@@ -172,6 +206,23 @@ class BallsConfig:
             out[f.name] = value
         return out
 
+    @property
+    def furnished(self) -> bool:
+        """Whether clips can differ in their furniture (a random occluder or a wall), not only in their balls."""
+        return self.occluder_prob > 0 or self.wall_prob > 0
+
+    def open_scene(self) -> "BallsConfig":
+        """The same settings without random occluders and walls (for analyses that draw their own scenes)."""
+        return replace(self, occluder_prob=0.0, wall_prob=0.0)
+
+    def bar_columns(self, x: float, width: float) -> tuple[int, int]:
+        """Pixel columns [c0, c1) of a full-height bar centred at x (fractions of the width), rounded like the
+        occluder's and `envs.raster.Wall`'s."""
+        side = self.image_size
+        c0 = int(round((x - 0.5 * width) * side))
+        c1 = int(round((x + 0.5 * width) * side))
+        return max(c0, 0), min(max(c1, c0 + 1), side)
+
     def occluder_columns(self) -> tuple[int, int]:
         """Pixel columns [c0, c1) covered by the occluder bar (empty when the occluder is off)."""
         if not self.occluder:
@@ -191,6 +242,13 @@ def sample_initial(config: BallsConfig, rng: np.random.Generator) -> dict[str, n
     Returns per-ball arrays padded to `max_balls` (absent slots: zeros, mass 1 so divisions stay finite).
     """
     m = config.max_balls
+    wall = np.zeros(2)  # faces [x0, x1] in image fractions; x0 == x1 == 0: no wall
+    occluder = np.zeros(2, dtype=np.int64)  # pixel columns [c0, c1) of the clip's random occluder; empty: none
+    if config.wall_prob > 0 and rng.random() < config.wall_prob:
+        c0, c1 = config.bar_columns(rng.uniform(*config.wall_x_range), config.wall_width)
+        wall[:] = c0 / config.image_size, c1 / config.image_size
+    if config.occluder_prob > 0 and rng.random() < config.occluder_prob:
+        occluder[:] = config.bar_columns(rng.uniform(*config.occluder_x_range), config.occluder_width)
     n = int(rng.integers(config.min_balls, config.max_balls + 1))
     radii = np.zeros(m)
     radii[:n] = rng.uniform(config.radius_range[0], config.radius_range[1], size=n)
@@ -210,7 +268,8 @@ def sample_initial(config: BallsConfig, rng: np.random.Generator) -> dict[str, n
         for _ in range(_MAX_PLACEMENT_TRIES):
             p = rng.uniform(r, 1.0 - r, size=2)
             gaps = np.hypot(*(positions[:i] - p).T) - (radii[:i] + r)
-            if i == 0 or gaps.min() > 0.0:
+            clear_of_wall = wall[1] <= wall[0] or p[0] + r <= wall[0] or p[0] - r >= wall[1]
+            if (i == 0 or gaps.min() > 0.0) and clear_of_wall:
                 positions[i] = p
                 break
         else:
@@ -230,6 +289,8 @@ def sample_initial(config: BallsConfig, rng: np.random.Generator) -> dict[str, n
         "colors": colors,
         "masses": masses,
         "present": present,
+        "wall": wall,
+        "occluder": occluder,
     }
 
 
@@ -273,6 +334,13 @@ class BallsBatch:
             raise ValueError("masses of present balls must be > 0")
         self.contacts = np.zeros_like(self.present)
         self.kicked = np.zeros_like(self.present)
+        # Furniture per simulation (initial dicts without it, e.g. hand-made scenes, have none).
+        self.wall = np.stack([np.asarray(s.get("wall", np.zeros(2)), np.float64) for s in initial])  # (B, 2)
+        self.clip_occluder = np.stack([np.asarray(s.get("occluder", np.zeros(2)), np.int64) for s in initial])
+        self.has_wall = self.wall[:, 1] > self.wall[:, 0]
+        # Which side of its wall each ball lives on (-1 left, +1 right); balls never cross a wall.
+        centre = 0.5 * (self.wall[:, :1] + self.wall[:, 1:])
+        self.wall_side = np.where(self.positions[..., 0] < centre, -1.0, 1.0)
         m = config.max_balls
         self._pairs = [(i, j) for i in range(m) for j in range(i + 1, m)]
         self._c0, self._c1 = config.occluder_columns()
@@ -332,6 +400,37 @@ class BallsBatch:
             self.contacts[rows, j] = True
 
     def _collide_walls(self) -> None:
+        if self.has_wall.any():
+            self._collide_interior_wall()
+        self._collide_box()
+        if self.has_wall.any():
+            # A box bounce in a narrow chamber must not leave a ball overlapping the wall.
+            self._clamp_to_chamber()
+
+    def _collide_interior_wall(self) -> None:
+        """Mirror balls off the face of their own chamber's wall, like the box's sides."""
+        pos, vel, rad = self.positions, self.velocities, self.radii
+        lo, hi = self.wall[:, :1], self.wall[:, 1:]  # (B, 1) left and right faces
+        live = self.present & self.has_wall[:, None]
+        left, right = live & (self.wall_side < 0), live & (self.wall_side > 0)
+        x = pos[..., 0]
+        into_left = left & (x + rad > lo)  # a left-chamber ball pushing into the wall's left face
+        into_right = right & (x - rad < hi)
+        if into_left.any() or into_right.any():
+            pos[..., 0] = np.where(into_left, 2.0 * (lo - rad) - x, np.where(into_right, 2.0 * (hi + rad) - x, x))
+            vel[..., 0] = np.where(into_left, -np.abs(vel[..., 0]), np.where(into_right, np.abs(vel[..., 0]),
+                                                                             vel[..., 0]))
+            self.contacts |= into_left | into_right
+
+    def _clamp_to_chamber(self) -> None:
+        pos, rad = self.positions, self.radii
+        lo, hi = self.wall[:, :1], self.wall[:, 1:]
+        live = self.present & self.has_wall[:, None]
+        x = pos[..., 0]
+        x = np.where(live & (self.wall_side < 0), np.minimum(x, lo - rad), x)
+        pos[..., 0] = np.where(live & (self.wall_side > 0), np.maximum(x, hi + rad), x)
+
+    def _collide_box(self) -> None:
         pos, vel, rad, present = self.positions, self.velocities, self.radii, self.present
         lo = rad[..., None]
         hi = 1.0 - lo
@@ -346,11 +445,14 @@ class BallsBatch:
             self.contacts |= below.any(-1) | above.any(-1)
 
     def occluded(self) -> np.ndarray:
-        """(B, M) bool: the ball's centre lies in a pixel column the occluder covers."""
-        if self._c1 <= self._c0:
-            return np.zeros_like(self.present)
+        """(B, M) bool: the ball's centre lies in a pixel column an occluder (fixed or the clip's own) covers."""
         x = self.positions[..., 0] * self.config.image_size
-        return (x >= self._c0) & (x < self._c1) & self.present
+        hidden = np.zeros_like(self.present)
+        if self._c1 > self._c0:
+            hidden |= (x >= self._c0) & (x < self._c1)
+        c0, c1 = self.clip_occluder[:, :1], self.clip_occluder[:, 1:]
+        hidden |= (x >= c0) & (x < c1)
+        return hidden & self.present
 
     def state(self) -> dict[str, np.ndarray]:
         """Ground truth, every array (B, M, ...), zeroed in absent slots, plus num_balls (B,)."""
@@ -366,6 +468,8 @@ class BallsBatch:
             "occluded": self.occluded(),
             "present": p.copy(),
             "num_balls": p.sum(-1).astype(np.int64),
+            "wall": self.wall.copy(),  # (B, 2) faces, zeros: none
+            "occluder": self.clip_occluder.copy(),  # (B, 2) pixel columns of the clip's random occluder
         }
 
 
@@ -394,6 +498,8 @@ class Renderer:
         self._occluder_block = np.tile(
             np.asarray(config.occluder_color, dtype=np.uint8), (self.size, self._c1 - self._c0, 1)
         )
+        self._wall_color = np.asarray(config.wall_color, dtype=np.uint8)
+        self._occluder_color = np.asarray(config.occluder_color, dtype=np.uint8)
         # Widest box draw_clip needs; the clip canvas is padded by it so no box ever needs clipping.
         self._pad = _box_side(config.radius_range[1] * self.size)
 
@@ -403,11 +509,12 @@ class Renderer:
         positions: list[list[float]],
         radii: list[float],
         colors: list[np.ndarray],
+        furniture: "Furniture | None" = None,
     ) -> np.ndarray:
         """Render one frame from Python lists (scalar numpy indexing would dominate the cost).
 
         `positions[k] = [x, y]` and `radii[k]` are image fractions, `colors[k]` a float32 (3,) RGB; later balls
-        are drawn over earlier ones.
+        are drawn over earlier ones. `furniture`: the clip's own wall (under the balls) and occluder (on top).
         """
         size = self.size
         centers = self._centers
@@ -415,6 +522,8 @@ class Renderer:
             out.reshape(size, size * 3)[...] = self._background_row
         else:  # a reshape would copy, and the fill would be lost
             out[...] = self._background_row[:3]
+        if furniture is not None and furniture.wall[1] > furniture.wall[0]:
+            out[:, furniture.wall[0] : furniture.wall[1]] = self._wall_color
         for (px, py), pr, color in zip(positions, radii, colors):
             cx, cy, r = px * size, py * size, pr * size
             # Pixels whose centre is within r + 0.5 of the ball centre get nonzero coverage.
@@ -429,7 +538,7 @@ class Renderer:
             alpha = dy[:, None] * dy[:, None] + dx * dx
             region = out[y0:y1, x0:x1]
             region[...] = _blend(region, _coverage(alpha, r), np.asarray(color, dtype=np.float32))
-        self._draw_occluder(out)
+        self._draw_occluder(out, furniture)
         return out
 
     def draw_clip(
@@ -438,8 +547,10 @@ class Renderer:
         positions: np.ndarray,
         radii: np.ndarray,
         colors: np.ndarray,
+        furniture: "Furniture | None" = None,
     ) -> np.ndarray:
-        """Render T frames of n balls: `positions` (T, n, 2) and `radii` (n,) image fractions, `colors` (n, 3).
+        """Render T frames of n balls: `positions` (T, n, 2) and `radii` (n,) image fractions, `colors` (n, 3);
+        `furniture`: the clip's own wall and occluder.
 
         Equal, bit for bit, to calling `draw` on each frame.
         """
@@ -448,6 +559,8 @@ class Renderer:
         side = size + 2 * pad
         canvas = np.empty((frames, side, side, 3), dtype=np.uint8)
         canvas.reshape(frames, side, side * 3)[...] = np.tile(self._background_row[:3], side)
+        if furniture is not None and furniture.wall[1] > furniture.wall[0]:
+            canvas[:, pad : pad + size, pad + furniture.wall[0] : pad + furniture.wall[1]] = self._wall_color
         stride_t, stride_y, stride_x, _ = canvas.strides
         every_frame = np.arange(frames)
         for k in range(positions.shape[1]):
@@ -474,12 +587,14 @@ class Renderer:
             color = np.tile(np.asarray(colors[k], dtype=np.float32), box)
             windows[index] = _blend(windows[index], alpha, color)
         out[...] = canvas[:, pad : pad + size, pad : pad + size]
-        self._draw_occluder(out)
+        self._draw_occluder(out, furniture)
         return out
 
-    def _draw_occluder(self, out: np.ndarray) -> None:
+    def _draw_occluder(self, out: np.ndarray, furniture: "Furniture | None" = None) -> None:
         if self._c1 > self._c0:
             out[..., self._c0 : self._c1, :] = self._occluder_block
+        if furniture is not None and furniture.occluder[1] > furniture.occluder[0]:
+            out[..., furniture.occluder[0] : furniture.occluder[1], :] = self._occluder_color
 
     def render_state(
         self,
@@ -488,6 +603,7 @@ class Renderer:
         colors: np.ndarray,
         present: np.ndarray,
         out: np.ndarray | None = None,
+        furniture: "Furniture | None" = None,
     ) -> np.ndarray:
         """Render one frame from (M, 2) positions, (M,) radii, (M, 3) colours and (M,) present mask."""
         if out is None:
@@ -498,7 +614,22 @@ class Renderer:
             positions[keep].tolist(),
             radii[keep].tolist(),
             list(np.asarray(colors, dtype=np.float32)[keep]),
+            furniture,
         )
+
+
+@dataclass(frozen=True)
+class Furniture:
+    """A clip's own wall and occluder as pixel columns [c0, c1) (c0 == c1: none)."""
+
+    wall: tuple[int, int] = (0, 0)
+    occluder: tuple[int, int] = (0, 0)
+
+    @classmethod
+    def from_state(cls, wall: np.ndarray, occluder: np.ndarray, size: int) -> "Furniture":
+        """From a state's `wall` faces (image fractions, pixel aligned) and `occluder` columns."""
+        faces = np.rint(np.asarray(wall, np.float64) * size).astype(np.int64)
+        return cls((int(faces[0]), int(faces[1])), (int(occluder[0]), int(occluder[1])))
 
 
 def _box_side(radius_px: float) -> int:
@@ -625,4 +756,6 @@ class BallsSim:
     def render(self, out: np.ndarray | None = None) -> np.ndarray:
         """The current frame, uint8 (H, W, 3)."""
         b = self._batch
-        return self.renderer.render_state(b.positions[0], b.radii[0], b.colors[0], b.present[0], out=out)
+        furniture = Furniture.from_state(b.wall[0], b.clip_occluder[0], self.config.image_size)
+        return self.renderer.render_state(b.positions[0], b.radii[0], b.colors[0], b.present[0], out=out,
+                                          furniture=furniture)

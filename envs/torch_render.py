@@ -4,7 +4,7 @@ The training clips store every frame's ball state next to its pixels, so a GPU r
 of uint8 frames altogether: it gathers the (tiny) state of a batch of windows on the GPU and draws the frames there.
 This module draws exactly what `envs.physics.Renderer` draws: the same pixel-centre coverage (a 1-pixel
 anti-aliased rim), the same float32 blend with round-to-nearest, balls in slot order (later over earlier), then the
-occluder. Given the simulator's float64 state the output is bitwise the numpy renderer's on CPU (tests check this);
+occluder (and a clip's own wall, under the balls, and occluder). Given the simulator's float64 state the output is bitwise the numpy renderer's on CPU (tests check this);
 from the float32 state stored with cached clips a handful of rim pixels can differ by 1 (the position rounding).
 
 Unlike `Renderer.draw`, which touches only each ball's bounding box, this evaluates every pixel for every ball slot:
@@ -38,6 +38,7 @@ class TorchRenderer:
         self.background = tuple(int(c) for c in config.background)
         self.occluder_color = tuple(int(c) for c in config.occluder_color)
         self.occluder_columns = config.occluder_columns()
+        self.wall_color = tuple(int(c) for c in config.wall_color)
 
     def render(
         self,
@@ -45,7 +46,11 @@ class TorchRenderer:
         radii: torch.Tensor,
         colors: torch.Tensor,
         present: torch.Tensor,
+        wall: torch.Tensor | None = None,
+        occluder: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """wall: optional (L..., 2) faces in image fractions (pixel aligned; equal: none), drawn under the balls;
+        occluder: optional (L..., 2) pixel columns [c0, c1) of the clip's own occluder, drawn on top."""
         leading = tuple(radii.shape[:-1])
         balls = radii.shape[-1]
         if positions.shape != (*leading, balls, 2):
@@ -71,6 +76,12 @@ class TorchRenderer:
 
         canvas = torch.empty((frames, size, size, 3), device=device, dtype=torch.float32)
         canvas[...] = torch.tensor(self.background, device=device, dtype=torch.float32)
+        columns = torch.arange(size, device=device)
+        if wall is not None:
+            faces = (wall.reshape(frames, 2).double() * size).round().long()  # (L, 2) pixel columns
+            inside = (columns >= faces[:, :1]) & (columns < faces[:, 1:])  # (L, W)
+            color = torch.tensor(self.wall_color, device=device, dtype=torch.float32)
+            canvas = torch.where(inside[:, None, :, None], color, canvas)
         for k in range(balls):
             dx = pixel - centers_px[:, k, 0, None]  # (L, W)
             dy = pixel - centers_px[:, k, 1, None]  # (L, H)
@@ -83,6 +94,11 @@ class TorchRenderer:
         c0, c1 = self.occluder_columns
         if c1 > c0:
             canvas[:, :, c0:c1] = torch.tensor(self.occluder_color, device=device, dtype=torch.uint8)
+        if occluder is not None:
+            bounds = occluder.reshape(frames, 2).long()
+            inside = (columns >= bounds[:, :1]) & (columns < bounds[:, 1:])  # (L, W)
+            color = torch.tensor(self.occluder_color, device=device, dtype=torch.uint8)
+            canvas = torch.where(inside[:, None, :, None], color, canvas)
         return canvas.reshape(*leading, size, size, 3)
 
 

@@ -193,7 +193,8 @@ def test_clips_reproducible_and_seed_dependent() -> None:
     assert a.frames.shape == (6, 12, 32, 32, 3) and a.frames.dtype == np.uint8
     assert np.array_equal(a.frames, b.frames)
     for key in a.state:
-        assert a.state[key].shape[:3] == (6, 12, 3)
+        # Per-ball arrays have a ball axis; the clip's furniture (wall faces, occluder columns) is 2 numbers a frame.
+        assert a.state[key].shape[:3] == ((6, 12, 2) if key in ("wall", "occluder") else (6, 12, 3))
         assert np.array_equal(a.state[key], b.state[key])
     assert np.array_equal(a.num_balls, b.num_balls)
     assert not np.array_equal(a.frames, c.frames)
@@ -208,9 +209,12 @@ def test_clips_prefix_property() -> None:
         assert np.array_equal(ten.state[key], twenty.state[key][:10])
 
 
-def test_clips_equal_ballssim_trajectories() -> None:
+@pytest.mark.parametrize("config", [
+    BallsConfig(kick_prob=0.3, gravity=0.003, occluder=True, background=(5, 5, 40)),
+    BallsConfig(kick_prob=0.3, wall_prob=0.6, occluder_prob=0.6, occluder_width=0.3),
+], ids=["occluder-gravity", "walls-and-random-occluders"])
+def test_clips_equal_ballssim_trajectories(config: BallsConfig) -> None:
     """Batched generation (and its batched renderer) reproduces BallsSim bit for bit."""
-    config = BallsConfig(kick_prob=0.3, gravity=0.003, occluder=True, background=(5, 5, 40))
     clip_set = generate_clips(config, 5, 25, seed=9)
     for i in range(5):
         sim = BallsSim(config, clip_rng(9, i))
@@ -220,6 +224,51 @@ def test_clips_equal_ballssim_trajectories() -> None:
             for key, value in clip_set.state.items():
                 assert np.array_equal(value[i, t], state[key].astype(value.dtype)), (key, i, t)
         assert clip_set.num_balls[i] == state["num_balls"]
+
+
+def test_walls_are_solid_and_furniture_is_drawn() -> None:
+    config = BallsConfig(image_size=64, wall_prob=1.0, occluder_prob=1.0, occluder_width=0.3, kick_prob=0.2,
+                         min_balls=3, max_balls=3)
+    clips = generate_clips(config, 24, 60, seed=5)
+    wall, x = clips.state["wall"][:, :, None], clips.state["positions"][..., 0].astype(np.float64)
+    r, present = clips.state["radii"], clips.state["present"]
+    assert np.all(wall[..., 1] - wall[..., 0] > 0.04)  # every clip has its wall (wall_prob=1), 3-4 pixels wide
+    # No ball ever overlaps its wall, and no ball changes side: the wall is solid.
+    eps = 1e-6
+    clear = (x + r <= wall[..., 0] + eps) | (x - r >= wall[..., 1] - eps)
+    assert clear[present].all()
+    left = x < 0.5 * (wall[..., 0] + wall[..., 1])
+    assert np.array_equal(left, np.broadcast_to(left[:, :1], left.shape) | ~present)
+    # Balls do reach the wall and bounce: some ball touches a face and its x velocity flips.
+    vx = clips.state["velocities"][..., 0]
+    touching = present & ((np.abs(x + r - wall[..., 0]) < 0.02) | (np.abs(x - r - wall[..., 1]) < 0.02))
+    flips = np.sign(vx[:, 1:]) != np.sign(vx[:, :-1])
+    assert (touching[:, 1:] & flips).sum() > 10
+    # The wall is painted (light gray) where no ball is, and the clip's occluder sits on top of everything.
+    size = config.image_size
+    for i in range(4):
+        c0, c1 = (np.rint(clips.state["wall"][i, 0] * size)).astype(int)
+        o0, o1 = clips.state["occluder"][i, 0]
+        frame = clips.frames[i, 0]
+        assert np.all(frame[:, o0:o1] == config.occluder_color)
+        visible_wall = [c for c in range(c0, c1) if not o0 <= c < o1]
+        if visible_wall:
+            column = frame[:, visible_wall[0]]
+            assert (column == config.wall_color).all(-1).mean() > 0.5
+    # Hidden balls are flagged by the clip's own occluder.
+    centre_px = x * size
+    behind = (centre_px >= clips.state["occluder"][..., :1]) & (centre_px < clips.state["occluder"][..., 1:])
+    assert np.array_equal(clips.state["occluded"], behind & present)
+
+
+def test_furniture_config_validation() -> None:
+    with pytest.raises(ValueError, match="wall_prob"):
+        BallsConfig(wall_prob=1.5)
+    with pytest.raises(ValueError, match="chamber"):
+        BallsConfig(wall_prob=0.5, wall_x_range=(0.2, 0.8))
+    # Without furniture, the random stream (and so every clip) is what it was: furniture draws only when enabled.
+    plain = generate_clips(BallsConfig(image_size=32, max_balls=2), 3, 6, seed=2)
+    assert np.all(plain.state["wall"] == 0) and np.all(plain.state["occluder"] == 0)
 
 
 def test_generate_clips_rejects_bad_sizes() -> None:

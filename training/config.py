@@ -231,6 +231,12 @@ class TrainConfig:
         self.run.validate()
 
 
+def scene_balls(image_size: int) -> BallsConfig:
+    """The simulator of the small and base presets: bouncing balls, and in some clips a solid wall or an occluder
+    wide enough to hide a ball, so that what the VoE suite tests (solidity, object permanence) is in the data."""
+    return BallsConfig(image_size=image_size, wall_prob=0.3, occluder_prob=0.3, occluder_width=0.3)
+
+
 def debug() -> TrainConfig:
     """Tiny model on 32x32 frames: trains in well under a minute on a laptop CPU."""
     return TrainConfig(
@@ -263,7 +269,7 @@ def small() -> TrainConfig:
             latent=LatentConfig(dim=6, hidden=96),
             decoder=DecoderConfig(channels=(64, 32, 32, 16)),
         ),
-        data=DataConfig(balls=BallsConfig(image_size=64), num_clips=256, clip_length=16, horizon=4, batch_size=32),
+        data=DataConfig(balls=scene_balls(64), num_clips=256, clip_length=16, horizon=4, batch_size=32),
         optim=OptimConfig(lr=1.5e-3, warmup_steps=50),
         run=RunConfig(out_dir="runs/small", steps=600, log_every=20, checkpoint_every=200, threads=0),
     )
@@ -280,7 +286,7 @@ def base() -> TrainConfig:
             latent=LatentConfig(dim=16, hidden=384),
             decoder=DecoderConfig(channels=(256, 128, 64, 32)),
         ),
-        data=DataConfig(balls=BallsConfig(image_size=64), num_clips=20000, clip_length=32, horizon=8,
+        data=DataConfig(balls=scene_balls(64), num_clips=20000, clip_length=32, horizon=8,
                         batch_size=128, num_workers=4),
         optim=OptimConfig(lr=6e-4, warmup_steps=1000),
         run=RunConfig(out_dir="runs/base", steps=50000, log_every=100, checkpoint_every=2000),

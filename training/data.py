@@ -238,7 +238,7 @@ class RenderedBatches:
     Frames come out (B, T, 3, H, W) uint8 as a view of channels-last memory (the fast conv layout on GPUs).
     """
 
-    STATE_KEYS = ("positions", "radii", "colors", "present")
+    STATE_KEYS = ("positions", "radii", "colors", "present", "wall", "occluder")
 
     def __init__(self, dataset, balls, sampler: ResumableBatchSampler, device: torch.device) -> None:
         self.device = device
@@ -257,7 +257,8 @@ class RenderedBatches:
         clip = index // self.starts_per_clip
         frame = (index % self.starts_per_clip * self.stride)[:, None] + self.offsets  # (B, T)
         state = {key: value[clip[:, None], frame] for key, value in self.state.items()}  # (B, T, M, ...)
-        frames = self.renderer.render(state["positions"], state["radii"], state["colors"], state["present"])
+        frames = self.renderer.render(state["positions"], state["radii"], state["colors"], state["present"],
+                                      wall=state["wall"], occluder=state["occluder"])
         return {"frames": to_bthw(frames)}  # (B, T, 3, H, W)
 
 
