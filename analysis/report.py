@@ -122,6 +122,11 @@ def headline(results: dict[str, Any]) -> list[dict[str, Any]]:
             note = f"untrained control {control:.3f}" if control is not None else ""
             row(f"VoE {name}: pairwise accuracy", e["pairwise_accuracy"], 0.95, ">=", note)
             row(f"VoE {name}: AUROC", e["auroc"], 0.95, ">=")
+            hidden = entry.get("by_kind", {}).get("occluder")
+            if hidden:
+                control = hidden.get("control_accuracy_mean")
+                row(f"VoE {name}, behind the occluder only: pairwise accuracy", hidden["pairwise_accuracy"], 0.95,
+                    ">=", f"untrained control {control:.3f}" if control is not None else "")
         if "control" in surprise["properties"]:
             row("VoE control (both possible): pairwise accuracy, expect ~0.5",
                 surprise["properties"]["control"]["energy"]["pairwise_accuracy"], None, ">=")

@@ -110,9 +110,28 @@ def _evaluate_model(model: WorldModel, suite: dict[str, VoEPairs], context: int,
                                 config.peak_tolerance)
             for signal in SIGNALS
         }
+        metrics[name]["by_kind"] = _by_kind(pairs, possible["energy"], impossible["energy"], context)
         curves[name] = {f"{s}/{kind}": clips[s] for s in SIGNALS
                         for kind, clips in (("possible", possible), ("impossible", impossible))}
     return metrics, curves
+
+
+def _by_kind(pairs: VoEPairs, possible: np.ndarray, impossible: np.ndarray, context: int) -> dict[str, dict]:
+    """Energy accuracy / AUROC per kind of scene (the variant's last word: 'occluder' or 'view'), for properties
+    built both behind the occluder and in view. Only the former needs a memory of the ball: in view, a vanishing,
+    appearing or jumping ball is an abrupt change that even "nothing changes" flags."""
+    if pairs.property not in ("permanence", "continuity"):
+        return {}
+    kinds = np.array([v.rsplit("_", 1)[-1] for v in pairs.variant])
+    out = {}
+    for kind in sorted(set(kinds.tolist())):
+        rows = kinds == kind
+        imp, pos = impossible[rows, context:], possible[rows, context:]
+        out[kind] = {
+            "pairwise_accuracy": matched_accuracy(np.nanmean(imp, 1), np.nanmean(pos, 1), pairs.group[rows]),
+            "auroc": auroc(np.nanmax(imp, 1), np.nanmax(pos, 1)),
+        }
+    return out
 
 
 def build_suite(balls: BallsConfig, context: int, config: SurpriseConfig) -> dict[str, VoEPairs]:
@@ -163,19 +182,12 @@ def run_surprise(model: WorldModel, balls: BallsConfig, config: SurpriseConfig |
             )
             for variant in sorted(set(pairs.variant.tolist()))
         }
-        if name == "permanence":
-            # Behind the occluder vs in view: only the former needs a memory of the ball (in view, a vanishing or
-            # appearing ball is an abrupt change that even "nothing changes" flags).
-            kinds = np.array([v.rsplit("_", 1)[-1] for v in pairs.variant])
-            imp, pos = curves[name]["energy/impossible"][:, context:], curves[name]["energy/possible"][:, context:]
-            entry["by_kind"] = {}
-            for kind in sorted(set(kinds.tolist())):
-                rows = kinds == kind
-                entry["by_kind"][kind] = {
-                    "pairwise_accuracy": matched_accuracy(np.nanmean(imp[rows], 1), np.nanmean(pos[rows], 1),
-                                                          pairs.group[rows]),
-                    "auroc": auroc(np.nanmax(imp[rows], 1), np.nanmax(pos[rows], 1)),
-                }
+        if trained[name]["by_kind"]:
+            entry["by_kind"] = {
+                kind: {**scores, **({"control_accuracy_mean": float(np.mean(
+                    [c[name]["by_kind"][kind]["pairwise_accuracy"] for c in controls]))} if controls else {})}
+                for kind, scores in trained[name]["by_kind"].items()
+            }
         entry["examples"] = [
             {
                 "variant": str(pairs.variant[i]),

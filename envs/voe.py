@@ -4,7 +4,8 @@ to the violation frame and different from it on.
 Properties (each scene draws its own balls, speeds and event time; `variant` names the sub-case):
 
     permanence  a ball vanishes / appears, behind the occluder or in plain view
-    continuity  a ball jumps (teleports) to another place and carries on
+    continuity  a ball jumps (teleports) to another place and carries on: in view, or while hidden behind the
+                occluder (it goes in at one height and comes out at another)
     shape       a ball turns into a square of the same area and colour
     color       a ball changes colour
     size        a ball grows or shrinks
@@ -313,20 +314,11 @@ def _invisible(frames: list[list[Ball]], index: int = 0) -> list[list[Ball]]:
     return [[replace(b, visible=b.visible and i != index) for i, b in enumerate(f)] for f in frames]
 
 
-def _permanence(scene: _Scene, index: int) -> Built | None:
-    """Vanish + appear, both from one trajectory (ball world vs the same scene without the ball), behind the
-    occluder (even scenes) or in view (odd scenes)."""
+def _crossing(scene: _Scene, world: World, *, dy: float = 0.0) -> tuple[list[list[Ball]], list[int]] | None:
+    """A ball that crosses the occluder horizontally and comes out on the far side at about a random event frame
+    (plus maybe a distractor): its trajectory and the frames it is fully hidden in. dy: a second world of the same
+    scene with the ball (and only it) moved down by dy; both must hide it in the same frames. None: redraw."""
     rng, v, size = scene.rng, scene.voe, scene.balls.image_size
-    world = World(scene.balls)
-    if index % 2 == 1:
-        t = scene.t_event()
-        main = scene.free_ball()
-        trajectory = world.run([main, *scene.distractor([main])], v.length)
-        if not _apart(trajectory):
-            return None
-        return _swap(trajectory, _invisible(trajectory), t, ("vanish_view", "appear_view")), (), False
-
-    # Behind the occluder: a ball crosses it horizontally and comes out on the far side at frame ~t.
     t = scene.t_event()
     columns = replace(scene.balls, occluder=True, occluder_x=v.occluder_x,
                       occluder_width=v.occluder_width).occluder_columns()
@@ -341,12 +333,41 @@ def _permanence(scene: _Scene, index: int) -> Built | None:
     if not (r <= x0 <= 1 - r and r <= y0 <= 1 - r):
         return None
     main = scene.ball(x0, y0, direction * s, vy, r)
-    trajectory = world.run([main, *scene.distractor([main])], v.length)
+    others = scene.distractor([main])
+    trajectory = world.run([main, *others], v.length)
     hidden = [k for k, balls in enumerate(trajectory) if _hidden(balls[0], columns, size)]
     if not hidden or hidden[0] == 0 or len(hidden) > v.max_hidden_frames or hidden[-1] + 1 >= v.length:
         return None
+    if dy:
+        # The shifted world must not bounce off the top or bottom (that would change its x motion too).
+        if not all(r + 0.01 <= b[0].y + dy <= 1 - r - 0.01 for b in trajectory):
+            return None
+        shifted = world.run([replace(main, y=main.y + dy), *others], v.length)
+        if not _apart(trajectory, shifted):
+            return None
+        return [trajectory, shifted], hidden
     if not _apart(trajectory):
         return None
+    return [trajectory], hidden
+
+
+def _permanence(scene: _Scene, index: int) -> Built | None:
+    """Vanish + appear, both from one trajectory (ball world vs the same scene without the ball), behind the
+    occluder (even scenes) or in view (odd scenes)."""
+    v = scene.voe
+    world = World(scene.balls)
+    if index % 2 == 1:
+        t = scene.t_event()
+        main = scene.free_ball()
+        trajectory = world.run([main, *scene.distractor([main])], v.length)
+        if not _apart(trajectory):
+            return None
+        return _swap(trajectory, _invisible(trajectory), t, ("vanish_view", "appear_view")), (), False
+
+    crossing = _crossing(scene, world)
+    if crossing is None:
+        return None
+    (trajectory,), hidden = crossing
     # Spliced while the ball is out of sight: nobody sees it vanish or appear, only that it fails to come out / comes
     # out of nowhere.
     return _swap(trajectory, _invisible(trajectory), hidden[0], ("vanish_occluder", "appear_occluder")), (), True
@@ -365,7 +386,17 @@ def _event_ball(scene: _Scene, t: int, margin: float = 0.0) -> tuple[Ball, list[
 
 
 def _continuity(scene: _Scene, index: int) -> Built | None:
-    """Two possible worlds: the ball, and the ball shifted by 0.25-0.45 of the image; spliced, it jumps (both ways)."""
+    """Two possible worlds: the ball, and the ball shifted; spliced, it jumps (both ways). Even scenes: the ball
+    crosses the occluder and the worlds differ in height by 0.2-0.35, spliced while it is hidden, so it goes in at
+    one height and comes out at another (IntPhys' occluded continuity: no frame shows the jump). Odd scenes: in
+    view, shifted by 0.25-0.45 of the image in a random direction."""
+    if index % 2 == 0:
+        dy = float(scene.rng.uniform(0.2, 0.35)) * (1.0 if scene.rng.random() < 0.5 else -1.0)
+        crossing = _crossing(scene, World(scene.balls), dy=dy)
+        if crossing is None:
+            return None
+        (first, second), hidden = crossing
+        return _swap(first, second, hidden[0], ("teleport_occluder", "teleport_back_occluder")), (), True
     t = scene.t_event()
     world = World(scene.balls)
     main = scene.free_ball()
@@ -385,7 +416,7 @@ def _continuity(scene: _Scene, index: int) -> Built | None:
     second = world.run([replace(main, x=main.x + dx, y=main.y + dy), *others], scene.voe.length)
     if not _apart(first, second):
         return None
-    return _swap(first, second, t, ("teleport", "teleport_back")), (), False
+    return _swap(first, second, t, ("teleport_view", "teleport_back_view")), (), False
 
 
 def _appearance(scene: _Scene, index: int, what: str) -> Built | None:

@@ -138,6 +138,17 @@ def test_voe_variants_and_property_specific_content():
             assert lit(permanence.impossible[i]) < lit(permanence.possible[i])
         else:
             assert lit(permanence.impossible[i]) > lit(permanence.possible[i])
+    continuity = generate_pairs(SMALL, "continuity", 8, seed=0, voe=voe)
+    assert sorted(set(continuity.variant)) == ["teleport_back_occluder", "teleport_back_view", "teleport_occluder",
+                                                "teleport_view"]
+    # Behind the occluder the jump itself is never seen: the clips first differ when the ball comes out, at a
+    # different height, in pixels beside the occluder (never inside its columns).
+    c0, c1 = replace(SMALL, occluder=True, occluder_x=voe.occluder_x, occluder_width=voe.occluder_width
+                     ).occluder_columns()
+    for i in np.flatnonzero(np.char.endswith(continuity.variant.astype(str), "occluder")):
+        t = continuity.violation_frame[i]
+        columns = np.flatnonzero((continuity.possible[i, t] != continuity.impossible[i, t]).any(-1).any(0))
+        assert columns.size > 0 and not np.any((columns >= c0) & (columns < c1))
     solidity = generate_pairs(SMALL, "solidity", 4, seed=0, voe=voe)
     wall_color = np.array(Wall(0.5, 0.1).color, np.uint8)
     # The wall is there in every frame of both clips: a column mostly of wall colour (a ball may cover part of it).
