@@ -243,7 +243,7 @@ def debug() -> TrainConfig:
         model=ModelConfig(
             image_size=32,
             context_frames=3,
-            encoder=EncoderConfig(channels=(16, 32, 32), dim=32, groups=8),
+            encoder=EncoderConfig(channels=(16, 32, 32), dim=32, groups=8, keypoints=8),
             predictor=PredictorConfig(width=64, depth=2, heads=2, max_len=16),
             latent=LatentConfig(dim=4, hidden=64),
             decoder=DecoderConfig(channels=(32, 32, 16)),
@@ -264,12 +264,12 @@ def small() -> TrainConfig:
         model=ModelConfig(
             image_size=64,
             context_frames=4,
-            encoder=EncoderConfig(channels=(16, 32, 64, 64), dim=64, groups=8),
+            encoder=EncoderConfig(channels=(16, 32, 64, 64), dim=64, groups=8, keypoints=16),
             predictor=PredictorConfig(width=96, depth=2, heads=4, max_len=16),
             latent=LatentConfig(dim=6, hidden=96),
             decoder=DecoderConfig(channels=(64, 32, 32, 16)),
         ),
-        data=DataConfig(balls=scene_balls(64), num_clips=256, clip_length=16, horizon=4, batch_size=32),
+        data=DataConfig(balls=scene_balls(64), num_clips=1000, clip_length=16, horizon=4, batch_size=32),
         optim=OptimConfig(lr=1.5e-3, warmup_steps=50),
         run=RunConfig(out_dir="runs/small", steps=600, log_every=20, checkpoint_every=200, threads=0),
     )

@@ -1,7 +1,9 @@
 """Convolutional frame encoder: frames (..., 3, H, W) in [0, 1] -> representations (..., D).
 
-Stride-2 conv stages with GroupNorm + SiLU. Two readouts are concatenated and mapped linearly to D: the flattened
-final feature map (what is where, in any form) and spatial-softmax keypoints of an earlier, finer stage (Levine et al. 2016,
+Stride-2 conv stages with GroupNorm + SiLU. Two readouts make the D-dim representation: spatial-softmax keypoints
+of an earlier, finer stage, whose coordinates are passed through as the first 2K dimensions (see
+`EncoderConfig.keypoint_passthrough`), and a linear projection of the flattened final feature map (what is where,
+in any form) with the keypoints' presence scores for the rest. The keypoints follow Levine et al. (2016,
 "End-to-end training of deep visuomotor policies"): for each of `keypoints` channels, the softmax-weighted mean
 x and y over the map plus a presence score. Keypoint coordinates are smooth, near-linear functions of object
 positions, so a moving object traces a straight line in representation space, and the predictor can extrapolate
@@ -60,8 +62,14 @@ class FrameEncoder(nn.Module):
         if config.keypoints > 0:
             keypoint_side = image_size // 2 ** (self.keypoint_stage + 1)
             self.keypoints = SpatialSoftmax(config.channels[self.keypoint_stage], config.keypoints, keypoint_side)
+        self.passthrough = config.keypoint_passthrough and config.keypoints > 0
+        self.keypoint_scale = config.keypoint_scale
         readout = in_channels * side * side + 3 * config.keypoints
-        self.to_representation = nn.Linear(readout, config.dim)
+        if self.passthrough:
+            # The 2K coordinates go through untouched; the projection fills the other D - 2K dimensions.
+            self.to_representation = nn.Linear(readout - 2 * config.keypoints, config.dim - 2 * config.keypoints)
+        else:
+            self.to_representation = nn.Linear(readout, config.dim)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """frames: (B, T, 3, H, W) float -> (B, T, D)."""
@@ -73,7 +81,13 @@ class FrameEncoder(nn.Module):
             if self.keypoints is not None and index == self.keypoint_stage:
                 keypoints = self.keypoints(x)  # (B*T, 3K) from a finer map than the last one
         readout = [rearrange(x, "bt c h w -> bt (c h w)")]  # x: (B*T, C, h, w), the last stage
-        if keypoints is not None:
-            readout.append(keypoints.to(readout[0].dtype))
-        representation = self.to_representation(torch.cat(readout, dim=-1))
+        if keypoints is None:
+            representation = self.to_representation(readout[0])
+        elif self.passthrough:
+            points = rearrange(keypoints, "bt (k three) -> bt k three", three=3)
+            coordinates = rearrange(points[..., :2], "bt k xy -> bt (k xy)")  # (B*T, 2K)
+            projected = self.to_representation(torch.cat([readout[0], points[..., 2].to(readout[0].dtype)], -1))
+            representation = torch.cat([self.keypoint_scale * coordinates.to(projected.dtype), projected], dim=-1)
+        else:
+            representation = self.to_representation(torch.cat([readout[0], keypoints.to(readout[0].dtype)], -1))
         return rearrange(representation, "(b t) d -> b t d", b=batch)

@@ -75,9 +75,10 @@ def read_config(directory: Path) -> ModelConfig:
         raise CheckpointError(f"{path}: expected a JSON object with a 'model' entry")
     model = payload["model"]
     encoder = model.get("encoder") if isinstance(model, dict) else None
-    if isinstance(encoder, dict) and "keypoint_stage" not in encoder:
-        # Saved before keypoints could come from an earlier stage: those models read them from the last one.
-        encoder["keypoint_stage"] = -1
+    if isinstance(encoder, dict):
+        # Saved before these fields existed: those models read keypoints from the last stage and projected them.
+        encoder.setdefault("keypoint_stage", -1)
+        encoder.setdefault("keypoint_passthrough", False)
     try:
         return from_dict(ModelConfig, model, path="model")
     except (ConfigError, ValueError) as error:
