@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
+from einops import rearrange
 
 from training.config import debug
 from worldmodel import CheckpointError, WorldModel
+from worldmodel.config import DecoderConfig, EncoderConfig, LatentConfig, ModelConfig, PredictorConfig
 from worldmodel.latent import Gaussian, free_bits_floor, gaussian_kl, project_to_ball
 from worldmodel.regularizers import covariance_loss, effective_rank, variance_loss
 
@@ -165,7 +168,7 @@ def test_corrupt_or_missing_checkpoint_gives_clear_error(model_config, tmp_path)
     # Weights from a different architecture are named, not loaded.
     model.save(tmp_path / "a")
     other = debug().model
-    other.encoder.dim = 16
+    other.encoder.dim = 24
     WorldModel(other).save(tmp_path / "b")
     (tmp_path / "a" / "model.safetensors").write_bytes((tmp_path / "b" / "model.safetensors").read_bytes())
     with pytest.raises(CheckpointError, match="shape"):
@@ -220,3 +223,59 @@ def test_rollout_window_feeds_only_the_most_recent_inputs(model_config, frames):
         # The posterior method matches the submodules it wraps.
         posterior = model.posterior(online, target[:, -1])
         assert torch.equal(posterior.mean, model.latent.infer(model.past(online)[:, -1], target[:, -1]).mean)
+
+
+def test_keypoint_coordinates_pass_through_into_the_representation():
+    """With keypoint_passthrough, the first 2K dimensions are keypoint_scale times the keypoints' expected x and y,
+    read from the configured (finer) stage: a bright dot moved right moves some coordinate right."""
+    config = ModelConfig(image_size=32, encoder=EncoderConfig(channels=(16, 32, 32), dim=32, keypoints=8,
+                                                              keypoint_stage=1),
+                         predictor=PredictorConfig(width=32, depth=1, heads=2, max_len=8),
+                         latent=LatentConfig(dim=2, hidden=16), decoder=DecoderConfig(channels=(16, 16, 16)))
+    model = WorldModel(config).eval()
+    assert model.encoder.keypoints.grid.shape == (8 * 8, 2)  # stage 1 of a 32x32 image: an 8x8 map
+    frames = torch.rand(1, 2, 3, 32, 32)
+    with torch.no_grad():
+        x = rearrange(frames, "b t c h w -> (b t) c h w")
+        for index, stage in enumerate(model.encoder.stages):
+            x = stage(x)
+            if index == 1:
+                points = rearrange(model.encoder.keypoints(x), "n (k three) -> n k three", three=3)
+        expected = 2.0 * rearrange(points[..., :2], "n k xy -> n (k xy)")
+        reps = rearrange(model.encode(frames), "b t d -> (b t) d")
+    assert torch.allclose(reps[:, :16], expected, atol=1e-6)
+    assert reps.shape == (2, 32) and bool((expected.abs() <= 2.0).all())
+    with pytest.raises(ValueError, match="keypoint_passthrough"):
+        WorldModel(ModelConfig(image_size=32, encoder=EncoderConfig(channels=(16, 32, 32), dim=16, keypoints=8),
+                               decoder=DecoderConfig(channels=(16, 16, 16))))
+    with pytest.raises(ValueError, match="keypoint_stage"):
+        WorldModel(ModelConfig(image_size=32, encoder=EncoderConfig(channels=(16, 32, 32), keypoint_stage=3),
+                               decoder=DecoderConfig(channels=(16, 16, 16))))
+
+
+def test_models_saved_before_the_encoder_changes_still_load(model_config, frames, tmp_path):
+    """A model directory from before keypoint_stage / keypoint_passthrough (config without them, conv weights
+    under encoder.convs.N) loads as the architecture it was trained with and gives the same outputs."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    old = replace(model_config, encoder=replace(model_config.encoder, keypoint_stage=-1,
+                                                 keypoint_passthrough=False))
+    model = WorldModel(old).eval()
+    model.save(tmp_path / "m")
+    payload = json.loads((tmp_path / "m" / "config.json").read_text())
+    del payload["model"]["encoder"]["keypoint_stage"], payload["model"]["encoder"]["keypoint_passthrough"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(payload))
+    state = load_file(str(tmp_path / "m" / "model.safetensors"))
+    renamed = {}
+    for name, tensor in state.items():
+        parts = name.split(".")
+        if parts[0] in ("encoder", "target_encoder") and parts[1] == "stages":
+            name = ".".join([parts[0], "convs", str(6 * int(parts[2]) + int(parts[3])), *parts[4:]])
+        renamed[name] = tensor
+    assert any(".convs." in name for name in renamed)
+    save_file(renamed, str(tmp_path / "m" / "model.safetensors"))
+    loaded = WorldModel.load(tmp_path / "m").eval()
+    assert loaded.config.encoder.keypoint_stage == -1 and not loaded.config.encoder.keypoint_passthrough
+    assert torch.equal(model.encode(frames), loaded.encode(frames))
