@@ -164,3 +164,16 @@ def test_logistic_and_mlp_probes_separate_separable_classes():
 def test_flatten_numbers_for_mlflow():
     flat = flatten_numbers({"a": {"b": 1, "c": [1, 2], "d": float("nan"), "e": True}, "f": 2.5, "g": "text"})
     assert flat == {"a/b": 1.0, "f": 2.5}
+
+
+def test_mlp_probe_is_at_least_the_ridge_probe_on_a_linear_target():
+    """A difference of two features (a velocity from two positions) is linear: the MLP probe starts from the ridge
+    solution and must not lose it (a plain MLP reached R2 < 0 on such targets in its epoch budget)."""
+    rng = np.random.default_rng(4)
+    x = rng.uniform(0, 1, size=(900, 10))
+    y = np.stack([x[:, 1] - x[:, 0], x[:, 3] - x[:, 2]], axis=1) * 0.1
+    mask = np.ones_like(y, bool)
+    train, val, test = (Split(x[a:b], y[a:b], mask[a:b]) for a, b in ((0, 500), (500, 700), (700, 900)))
+    ridge, mlp = RidgeProbe(train, val), MLPProbe(train, val, "regression", epochs=30, hidden=32)
+    assert r2_score(ridge.predict(test.features), test.values) > 0.999
+    assert r2_score(mlp.predict(test.features), test.values) > 0.99
