@@ -26,7 +26,7 @@ import torch
 
 from envs.clips import generate_clips
 from envs.physics import BallsBatch, BallsConfig
-from envs.scenes import ForkConfig, ForkScenes, generate_fork_scenes
+from envs.scenes import ForkConfig, ForkScenes, generate_fork_scenes, initial_from
 from worldmodel.model import WorldModel, distance
 
 from . import inference
@@ -231,16 +231,8 @@ def simulator_ceiling(scenes: ForkScenes, balls: BallsConfig, config: FuturesCon
     that always happens would need.
     """
     s, k, n = len(scenes), scenes.fork.directions, config.samples
-    last = {key: value[:, -1] for key, value in scenes.context_state.items()}  # (S, M, ...)
-    repeat = lambda x: np.repeat(x, n, axis=0)  # noqa: E731  (S, ...) -> (S*N, ...)
-    initial = [
-        {
-            "positions": p, "velocities": v, "radii": r, "colors": c, "present": present,
-            "masses": np.where(present, m, 1.0),
-        }
-        for p, v, r, c, m, present in zip(*(repeat(last[key]) for key in
-                                            ("positions", "velocities", "radii", "colors", "masses", "present")))
-    ]
+    last = {key: np.repeat(value[:, -1], n, axis=0) for key, value in scenes.context_state.items()}  # (S*N, M, ...)
+    initial = [initial_from(last, i) for i in range(s * n)]
     rng = np.random.default_rng(config.seed + 77)
     sampled = BallsBatch(balls, initial)
     still = BallsBatch(replace(balls, kick_prob=0.0), initial)

@@ -139,6 +139,12 @@ def by_color(values: np.ndarray, state: dict[str, np.ndarray], palette: tuple) -
     return np.where(present.reshape(*present.shape, *([1] * (values.ndim - 3))), gathered, 0), present
 
 
+def displacement(positions: np.ndarray) -> np.ndarray:
+    """(N, T, P, 2) -> the displacement from frame t-1 to t (zero at frame 0, which no probe row uses). A ball's
+    colour never changes in a clip, so a colour slot present at t was present at t-1."""
+    return np.concatenate([np.zeros_like(positions[:, :1]), positions[:, 1:] - positions[:, :-1]], axis=1)
+
+
 def state_targets(state: dict[str, np.ndarray], num_balls: np.ndarray, balls: BallsConfig,
                   config: ProbeConfig) -> dict[str, Target]:
     """Every frame-level target of a clip set, rows ordered like `_rows`; per-ball targets are per colour."""
@@ -146,11 +152,8 @@ def state_targets(state: dict[str, np.ndarray], num_balls: np.ndarray, balls: Ba
     pos, present = by_color(state["positions"], state, palette)  # (N, T, P, 2), (N, T, P)
     vel_state, _ = by_color(state["velocities"], state, palette)
     radius, _ = by_color(state["radii"], state, palette)
-    # Displacement t-1 -> t (frames >= 1 only, which is all `_rows` keeps); a ball's colour never changes in a clip,
-    # so the same colour slot is present in both frames.
-    vel = pos[:, 1:] - pos[:, :-1]
-    pos, vel_state, radius, present = _rows(pos), _rows(vel_state), _rows(radius), _rows(present)
-    vel = vel.reshape(-1, *vel.shape[2:])
+    vel = displacement(pos)
+    pos, vel, vel_state, radius, present = _rows(pos), _rows(vel), _rows(vel_state), _rows(radius), _rows(present)
     speed = np.linalg.norm(vel, axis=-1)
     angle = np.mod(np.arctan2(vel[..., 1], vel[..., 0]), 2 * math.pi)
     bins = np.minimum((angle / (2 * math.pi / config.direction_bins)).astype(np.int64), config.direction_bins - 1)
@@ -391,8 +394,8 @@ def _predicted_probe(model: WorldModel, clips, split: dict[str, np.ndarray], bal
                           _subset(features, target, rows["val"]))
         per_horizon, copy_last = [], []
         values, present = by_color(clips.state["positions"], clips.state, balls.palette)
-        if name == "velocity":  # the displacement into each frame, as in `state_targets` (frame 0: none, unused)
-            values = np.concatenate([np.zeros_like(values[:, :1]), values[:, 1:] - values[:, :-1]], axis=1)
+        if name == "velocity":  # as in `state_targets`
+            values = displacement(values)
         state, present = values[test], np.repeat(present[test], 2, axis=-1)  # (n, T, P, 2), (n, T, 2P)
         # Baseline: the probe read on the last observed pair of frames, i.e. "the state stays as last seen".
         last_seen = probe.predict(

@@ -206,11 +206,6 @@ class BallsConfig:
             out[f.name] = value
         return out
 
-    @property
-    def furnished(self) -> bool:
-        """Whether clips can differ in their furniture (a random occluder or a wall), not only in their balls."""
-        return self.occluder_prob > 0 or self.wall_prob > 0
-
     def open_scene(self) -> "BallsConfig":
         """The same settings without random occluders and walls (for analyses that draw their own scenes)."""
         return replace(self, occluder_prob=0.0, wall_prob=0.0)
@@ -227,10 +222,7 @@ class BallsConfig:
         """Pixel columns [c0, c1) covered by the occluder bar (empty when the occluder is off)."""
         if not self.occluder:
             return 0, 0
-        side = self.image_size
-        c0 = int(round((self.occluder_x - 0.5 * self.occluder_width) * side))
-        c1 = int(round((self.occluder_x + 0.5 * self.occluder_width) * side))
-        return max(c0, 0), min(max(c1, c0 + 1), side)
+        return self.bar_columns(self.occluder_x, self.occluder_width)
 
 
 # --------------------------------------------------------------------------------------------------- sampling

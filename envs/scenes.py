@@ -134,7 +134,7 @@ def _stack_states(states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {key: np.stack([s[key] for s in states], axis=1) for key in states[0]}
 
 
-def _initial_from(state: dict[str, np.ndarray], index: int) -> dict[str, np.ndarray]:
+def initial_from(state: dict[str, np.ndarray], index: int) -> dict[str, np.ndarray]:
     """The BallsBatch initial dict of simulation `index` in a (B, M, ...) state."""
     return {
         "positions": state["positions"][index],
@@ -168,7 +168,7 @@ def generate_fork_scenes(balls: BallsConfig, fork: ForkConfig, num_scenes: int, 
             # Context first (no kicks), then K copies of the state at the last context frame, each kicked once.
             ctx_states, _ = _simulate(kicking, [initial], np.zeros((1, c - 1, m), bool), np.zeros((1, c - 1, m)),
                                       c - 1)
-            last = _initial_from(ctx_states[-1], 0)
+            last = initial_from(ctx_states[-1], 0)
             # K kicked copies plus one unkicked (the last), which is no way of the fork but must be told apart.
             kicks = np.zeros((k + 1, f, m), bool)
             kicks[:k, 0, 0] = True

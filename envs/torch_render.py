@@ -3,9 +3,9 @@
 The training clips store every frame's ball state next to its pixels, so a GPU run can skip the host-to-device copy
 of uint8 frames altogether: it gathers the (tiny) state of a batch of windows on the GPU and draws the frames there.
 This module draws exactly what `envs.physics.Renderer` draws: the same pixel-centre coverage (a 1-pixel
-anti-aliased rim), the same float32 blend with round-to-nearest, balls in slot order (later over earlier), then the
-occluder (and a clip's own wall, under the balls, and occluder). Given the simulator's float64 state the output is bitwise the numpy renderer's on CPU (tests check this);
-from the float32 state stored with cached clips a handful of rim pixels can differ by 1 (the position rounding).
+anti-aliased rim), the same float32 blend with round-to-nearest, a clip's own wall under the balls, balls in slot
+order (later over earlier), then the occluders. Given the simulator's float64 state the output is bitwise the numpy
+renderer's on CPU (tests check this); from the float32 state stored with cached clips a handful of rim pixels can differ by 1 (the position rounding).
 
 Unlike `Renderer.draw`, which touches only each ball's bounding box, this evaluates every pixel for every ball slot:
 wasteful on a CPU, but a handful of fused elementwise kernels over the whole batch is what a GPU is fast at, and a

@@ -38,7 +38,6 @@ from worldmodel.model import WorldModel
 from worldmodel.serialization import (
     CheckpointError,
     load_state_strict,
-    upgrade_state,
     read_weights,
     replace_directory,
     write_model_files,
@@ -261,7 +260,7 @@ def load_checkpoint(
     directory = Path(directory)
     state = read_training_state(directory)
     weights = directory / "model" / "model.safetensors"
-    load_state_strict(model, upgrade_state(read_weights(weights)), weights)
+    load_state_strict(model, read_weights(weights), weights)
     try:
         if optimizer is not None:
             optimizer.load_state_dict(state["optimizer"])

@@ -80,14 +80,14 @@ class FrameEncoder(nn.Module):
             x = stage(x)
             if self.keypoints is not None and index == self.keypoint_stage:
                 keypoints = self.keypoints(x)  # (B*T, 3K) from a finer map than the last one
-        readout = [rearrange(x, "bt c h w -> bt (c h w)")]  # x: (B*T, C, h, w), the last stage
+        flat = rearrange(x, "bt c h w -> bt (c h w)")  # x: (B*T, C, h, w), the last stage
         if keypoints is None:
-            representation = self.to_representation(readout[0])
+            representation = self.to_representation(flat)
         elif self.passthrough:
             points = rearrange(keypoints, "bt (k three) -> bt k three", three=3)
             coordinates = rearrange(points[..., :2], "bt k xy -> bt (k xy)")  # (B*T, 2K)
-            projected = self.to_representation(torch.cat([readout[0], points[..., 2].to(readout[0].dtype)], -1))
+            projected = self.to_representation(torch.cat([flat, points[..., 2].to(flat.dtype)], -1))
             representation = torch.cat([self.keypoint_scale * coordinates.to(projected.dtype), projected], dim=-1)
         else:
-            representation = self.to_representation(torch.cat([readout[0], keypoints.to(readout[0].dtype)], -1))
+            representation = self.to_representation(torch.cat([flat, keypoints.to(flat.dtype)], -1))
         return rearrange(representation, "(b t) d -> b t d", b=batch)

@@ -92,7 +92,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path}: missing; a saved model directory holds {CONFIG_FILE} and {WEIGHTS_FILE}")
     try:
-        return load_file(str(path))
+        return upgrade_state(load_file(str(path)))
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {error}") from None
 
@@ -138,5 +138,5 @@ def load_model(cls: type["WorldModel"], directory: str | Path, *, map_location="
         raise CheckpointError(f"{directory}: not a directory; expected a saved model ({CONFIG_FILE}, {WEIGHTS_FILE})")
     config = read_config(directory)
     model = cls(config)
-    load_state_strict(model, upgrade_state(read_weights(directory / WEIGHTS_FILE)), directory / WEIGHTS_FILE)
+    load_state_strict(model, read_weights(directory / WEIGHTS_FILE), directory / WEIGHTS_FILE)
     return model.to(map_location)
