@@ -44,6 +44,10 @@ class FuturesConfig:
     """Fork scenes per family."""
     families: tuple[tuple[float, ...], ...] = ((0.5, 0.5), (0.5, 0.3, 0.2))
     """One fork family per entry: the probabilities of its ways (2-way left/right, 3-way with unequal odds)."""
+    bounce: bool = True
+    """Also a 'bounce' family: ball 0 reaches the border and a rough wall scatters it one of two ways (the
+    training simulator's own fork when its bounce_kick_prob > 0; see envs.scenes). It is then the headline family,
+    as the only fork the training data announces."""
     samples: int = 20
     """Prior samples per scene (>= the largest N)."""
     ns: tuple[int, ...] = (1, 5, 10, 20)
@@ -235,7 +239,7 @@ def simulator_ceiling(scenes: ForkScenes, balls: BallsConfig, config: FuturesCon
     initial = [initial_from(last, i) for i in range(s * n)]
     rng = np.random.default_rng(config.seed + 77)
     sampled = BallsBatch(balls, initial)
-    still = BallsBatch(replace(balls, kick_prob=0.0), initial)
+    still = BallsBatch(balls.deterministic(), initial)
     m = balls.max_balls
     for _ in range(scenes.fork.horizon):
         sampled.step(rng.random((s * n, m)), rng.standard_normal((s * n, m, 2)))
@@ -252,6 +256,7 @@ def simulator_ceiling(scenes: ForkScenes, balls: BallsConfig, config: FuturesCon
     return {
         "kick_prob": balls.kick_prob,
         "kick_strength": balls.kick_strength,
+        "bounce_kick_prob": balls.bounce_kick_prob,
         "mode_coverage": {str(m_): float(c) for m_, c in zip(ns, mode_coverage(assigned, k, ns))},
         "calibration": calibration(assigned, scenes.probabilities),
         "position_best_of_n_over_deterministic": {
@@ -335,11 +340,19 @@ def run_futures(model: WorldModel, balls: BallsConfig, config: FuturesConfig | N
     probe = fit_position_probe(model, balls, config.probe_clips, config.seed + 7)
     generator = torch.Generator(device=model.device).manual_seed(config.seed)
     families, leak = {}, {}
-    for i, probabilities in enumerate(config.families):
-        fork = ForkConfig(directions=len(probabilities), probabilities=tuple(probabilities),
-                          kick=config.kick or balls.kick_strength, context=context, horizon=config.horizon)
+    # Ways drift apart about linearly in time: a short horizon asks for proportionally less separation.
+    separation = ForkConfig.min_separation * min(1.0, config.horizon / 10)
+    forks = {
+        family_name(probabilities): ForkConfig(directions=len(probabilities), probabilities=tuple(probabilities),
+                                               kick=config.kick or balls.kick_strength, context=context,
+                                               horizon=config.horizon, min_separation=separation)
+        for probabilities in config.families
+    }
+    if config.bounce:
+        forks["bounce"] = ForkConfig(event="bounce", kick=config.kick or balls.bounce_kick, context=context,
+                                     horizon=config.horizon, min_separation=separation)
+    for i, (name, fork) in enumerate(forks.items()):
         scenes = generate_fork_scenes(balls, fork, config.scenes, seed=config.seed + 100 * i)
-        name = family_name(probabilities)
         families[name] = evaluate_family(model, scenes, probe, config, window=window, generator=generator)
         families[name]["simulator_ceiling"] = simulator_ceiling(scenes, balls, config)
         clips = scenes.realized_clips()
@@ -350,8 +363,11 @@ def run_futures(model: WorldModel, balls: BallsConfig, config: FuturesConfig | N
     ordinary = generate_clips(balls, config.scenes, context + 1, seed=config.seed + 50)
     online, target = inference.encode(model, ordinary.frames), inference.encode(model, ordinary.frames, target=True)
     leak["ordinary_clips"] = z_leak(model, online, target, context, window=window, seed=config.seed)
-    headline = families[family_name(config.families[0])]
+    announced = config.bounce and balls.bounce_kick_prob > 0
+    headline_name = "bounce" if announced else next(iter(forks))
+    headline = families[headline_name]
     targets = {
+        "headline_family": headline_name,
         "best_of_10_over_deterministic_at_h10": headline["at_horizon"].get("best_of_10_over_deterministic"),
         "mode_coverage_at_n10": headline["mode_coverage"].get("10"),
         "simulator_ceiling_mode_coverage_at_n10": headline["simulator_ceiling"]["mode_coverage"].get("10"),

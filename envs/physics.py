@@ -3,8 +3,10 @@
 Balls move in the unit square (positions, radii and velocities are fractions of the image side, +x right,
 +y down), bounce elastically off the walls and off each other (mass-weighted), optionally fall under gravity
 and pass behind a vertical occluder bar. Each step, each ball is kicked with probability `kick_prob` in a
-random direction: those kicks are the part of the future that no amount of looking at the past can predict,
-which is exactly what the world model's latent variable has to carry.
+random direction, and a bounce off the border may scatter it along the wall (`bounce_kick_prob`, rough walls):
+those are the part of the future that no amount of looking at the past can predict, which is exactly what the
+world model's latent variable has to carry. A kick comes at a random time; a scatter comes at a time the past
+shows (the bounce), with only its way unknown: a fork.
 
 The dynamics live in `BallsBatch`, vectorised over many independent simulations, because clip generation
 steps hundreds of clips in lock-step; `BallsSim` is the one-simulation, rng-owning view used by the gym env.
@@ -108,6 +110,13 @@ class BallsConfig:
     """Probability, per step and per ball, of a random kick: the unpredictable part of the dynamics."""
     kick_strength: float = 0.04
     """Magnitude of a kick's velocity change, in image sides per step (direction uniform)."""
+    bounce_kick_prob: float = 0.0
+    """Probability that a bounce off the box's border scatters the ball (rough walls): its outgoing velocity is
+    turned towards one of the two directions along the wall (a fair coin), keeping its speed. Unlike a kick, the
+    past tells exactly when this fork comes (the ball is seen heading for the wall), only not which way it goes:
+    the kind of uncertainty the latent variable is for. Corner bounces (both axes at once) never scatter."""
+    bounce_kick: float = 0.04
+    """Size of the scatter: the tangential velocity (sides per step) added before the speed is restored."""
     max_speed: float = 0.1
     """A kick never leaves a ball faster than this (it is rescaled), so repeated kicks cannot pump energy
     without bound and make balls tunnel through each other; collisions and gravity are not capped, which keeps
@@ -173,6 +182,10 @@ class BallsConfig:
             raise ValueError(f"kick_prob must be a probability in [0, 1], got {self.kick_prob!r}")
         if not (_is_real(self.kick_strength) and 0.0 <= self.kick_strength < math.inf):
             raise ValueError(f"kick_strength must be a finite number >= 0, got {self.kick_strength!r}")
+        if not (_is_real(self.bounce_kick_prob) and 0.0 <= self.bounce_kick_prob <= 1.0):
+            raise ValueError(f"bounce_kick_prob must be a probability in [0, 1], got {self.bounce_kick_prob!r}")
+        if not (_is_real(self.bounce_kick) and 0.0 <= self.bounce_kick < math.inf):
+            raise ValueError(f"bounce_kick must be a finite number >= 0, got {self.bounce_kick!r}")
         if not (_is_real(self.max_speed) and 0.0 < self.max_speed < math.inf):
             raise ValueError(f"max_speed must be a finite number > 0, got {self.max_speed!r}")
         if self.speed_range[1] > self.max_speed:
@@ -205,6 +218,10 @@ class BallsConfig:
                 value = [list(v) if isinstance(v, tuple) else v for v in value]
             out[f.name] = value
         return out
+
+    def deterministic(self) -> "BallsConfig":
+        """The same settings with no randomness in the dynamics (no kicks, no rough-wall scatter)."""
+        return replace(self, kick_prob=0.0, bounce_kick_prob=0.0)
 
     def open_scene(self) -> "BallsConfig":
         """The same settings without random occluders and walls (for analyses that draw their own scenes)."""
@@ -326,6 +343,7 @@ class BallsBatch:
             raise ValueError("masses of present balls must be > 0")
         self.contacts = np.zeros_like(self.present)
         self.kicked = np.zeros_like(self.present)
+        self.bounced = np.zeros((*self.present.shape, 2), bool)  # (B, M, axis): bounced off the box's border
         # Furniture per simulation (initial dicts without it, e.g. hand-made scenes, have none).
         self.wall = np.stack([np.asarray(s.get("wall", np.zeros(2)), np.float64) for s in initial])  # (B, 2)
         self.clip_occluder = np.stack([np.asarray(s.get("occluder", np.zeros(2)), np.int64) for s in initial])
@@ -343,7 +361,12 @@ class BallsBatch:
         return self.positions.shape[0]
 
     def step(self, kick_u: np.ndarray, kick_dir: np.ndarray) -> None:
-        """Advance every simulation one step, given kick uniforms (B, M) and kick directions (B, M, 2)."""
+        """Advance every simulation one step, given kick uniforms (B, M) and kick directions (B, M, 2).
+
+        A ball is kicked when its uniform is below kick_prob; a ball that bounces off the border is scattered when
+        its uniform is above 1 - bounce_kick_prob, the way chosen by the sign of its direction's component along
+        the wall. One draw serves both, so enabling scatter leaves every random stream as it was.
+        """
         cfg = self.config
         pos, vel, present = self.positions, self.velocities, self.present
         self.contacts = np.zeros_like(present)
@@ -359,6 +382,25 @@ class BallsBatch:
         pos += vel
         self._collide_balls()
         self._collide_walls()
+        if cfg.bounce_kick_prob > 0.0:
+            self._scatter_bounces(kick_u, kick_dir)
+
+    def _scatter_bounces(self, kick_u: np.ndarray, kick_dir: np.ndarray) -> None:
+        """Rough walls: turn the outgoing velocity of a ball that bounced off one side of the box along that side."""
+        one_axis = self.bounced.sum(-1) == 1
+        scatter = one_axis & (kick_u > 1.0 - self.config.bounce_kick_prob) & self.present
+        if not scatter.any():
+            return
+        b, k = np.nonzero(scatter)
+        v = self.velocities[b, k]
+        tangent_axis = np.where(self.bounced[b, k, 0], 1, 0)  # an x bounce scatters along y and vice versa
+        sign = np.where(kick_dir[b, k][np.arange(len(b)), tangent_axis] >= 0.0, 1.0, -1.0)
+        turned = v.copy()
+        turned[np.arange(len(b)), tangent_axis] += sign * self.config.bounce_kick
+        speed = np.sqrt((v * v).sum(-1, keepdims=True))
+        # Only the direction changes: the normal component keeps its sign (the ball still leaves the wall).
+        self.velocities[b, k] = _unit(turned) * speed
+        self.kicked[b, k] = True
 
     def _collide_balls(self) -> None:
         pos, vel, rad, mass, present = self.positions, self.velocities, self.radii, self.masses, self.present
@@ -424,6 +466,7 @@ class BallsBatch:
 
     def _collide_box(self) -> None:
         pos, vel, rad, present = self.positions, self.velocities, self.radii, self.present
+        self.bounced = np.zeros_like(self.bounced)
         lo = rad[..., None]
         hi = 1.0 - lo
         below = (pos < lo) & present[..., None]
@@ -431,6 +474,7 @@ class BallsBatch:
         if below.any() or above.any():
             # Mirror the overshoot back inside (rather than clamping) so a bounce loses no distance travelled.
             pos[:] = np.where(below, 2.0 * lo - pos, np.where(above, 2.0 * hi - pos, pos))
+            self.bounced = below | above
             vel[:] = np.where(below, np.abs(vel), np.where(above, -np.abs(vel), vel))
             # A ball faster than the box is wide could mirror past the far wall; clamp as a last resort.
             np.clip(pos, lo, hi, out=pos)

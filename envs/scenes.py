@@ -2,7 +2,7 @@
 
 Each scene draws its balls like the simulator does (`sample_initial`), runs the simulator's own dynamics without
 random kicks for the context frames, and then, at the fork step, gives ball 0 (the largest, see `sample_initial`)
-one simulator kick in one of K directions. The K continuations are simulated in full, so a scene holds every
+one simulator kick in one of K directions (or, for bounce forks, one rough-wall scatter). The K continuations are simulated in full, so a scene holds every
 possible future and its probability, not just the one that happened: that is what best-of-N error, mode coverage
 and calibration are measured against.
 
@@ -11,6 +11,9 @@ kick is scheduled, 1 elsewhere), so its size, direction handling and speed cap a
 
     K = 2, directions at 0 and 180 degrees: "kicked right or left" (probabilities (0.5, 0.5) by default)
     K = 3 with probabilities (0.5, 0.3, 0.2): a three-way fork with known, unequal odds
+    event = "bounce": the context ends as ball 0 reaches the border, and a rough wall scatters it along the wall
+                      one way or the other (the training simulator's own fork when bounce_kick_prob > 0: the past
+                      shows when it comes, not which way)
 
 numpy only.
 """
@@ -45,6 +48,13 @@ class ForkConfig:
     """Observed frames before the fork; the kick acts on the step into the first future frame."""
     horizon: int = 10
     """Future frames simulated for every way."""
+    event: str = "kick"
+    """What forks: 'kick' (ball 0 is kicked one of K ways on the step after the context, a kick the past gives no
+    hint of) or 'bounce' (the context ends as ball 0 reaches the box's border and a rough wall scatters it along the
+    wall, one of 2 ways with equal odds: the training data's own fork when `BallsConfig.bounce_kick_prob` > 0;
+    `kick` is then the scatter's size)."""
+    search_steps: int = 60
+    """'bounce': steps ball 0 may run freely, after the context, before the scene is redrawn for lack of a bounce."""
     min_separation: float = 0.15
     """Every pair of ways, and every way and the unkicked continuation, must leave ball 0 at least this far apart at
     the last frame (else the scene is redrawn), so that each mode is identifiable from ball 0's position."""
@@ -62,6 +72,11 @@ class ForkConfig:
             raise ValueError(f"ForkConfig.kick must be > 0, got {self.kick!r}")
         if self.context < 1 or self.horizon < 1:
             raise ValueError(f"ForkConfig.context and horizon must be >= 1, got {self.context}, {self.horizon}")
+        if self.event not in ("kick", "bounce"):
+            raise ValueError(f"ForkConfig.event must be 'kick' or 'bounce', got {self.event!r}")
+        if self.event == "bounce" and (self.directions != 2 or not np.allclose(probs, 0.5)):
+            raise ValueError("ForkConfig.event='bounce' forks 2 ways with equal odds (the rough wall's fair coin); "
+                             f"got directions={self.directions}, probabilities={self.probabilities!r}")
         if self.min_separation < 0:
             raise ValueError(f"ForkConfig.min_separation must be >= 0, got {self.min_separation!r}")
 
@@ -146,42 +161,96 @@ def initial_from(state: dict[str, np.ndarray], index: int) -> dict[str, np.ndarr
     }
 
 
+Drawn = tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]], np.ndarray, np.ndarray]
+"""(context states, K + 1 future states (every way, then unkicked), their positions (K + 1, F + 1, M, 2), angles
+(K,)), or None to redraw."""
+
+
+def _draw_kick(balls: BallsConfig, fork: ForkConfig, rng: np.random.Generator) -> Drawn | None:
+    """Context from the drawn balls with no kicks, then ball 0 kicked one of K ways on the step into the future."""
+    k, c, f, m = fork.directions, fork.context, fork.horizon, balls.max_balls
+    # The fork is the only kick: kick_prob = 1 lets a schedule of uniforms decide exactly where kicks happen.
+    kicking = replace(balls.deterministic(), kick_prob=1.0, kick_strength=fork.kick)
+    initial = sample_initial(balls, rng)
+    base = math.radians(fork.base_angle) if fork.base_angle is not None else rng.uniform(0, 2 * math.pi)
+    angles = base + 2 * math.pi * np.arange(k) / k
+    ctx_states, _ = _simulate(kicking, [initial], np.zeros((1, c - 1, m), bool), np.zeros((1, c - 1, m)), c - 1)
+    last = initial_from(ctx_states[-1], 0)
+    # K kicked copies plus one unkicked (the last), which is no way of the fork but must be told apart.
+    kicks = np.zeros((k + 1, f, m), bool)
+    kicks[:k, 0, 0] = True
+    kick_angles = np.zeros((k + 1, f, m))
+    kick_angles[:k, 0, 0] = angles
+    fut_states, fut_positions = _simulate(kicking, [last] * (k + 1), kicks, kick_angles, f)
+    return ctx_states, fut_states, fut_positions, angles
+
+
+def _draw_bounce(balls: BallsConfig, fork: ForkConfig, rng: np.random.Generator) -> Drawn | None:
+    """The drawn balls run freely until ball 0 bounces off one side of the box; the context is the C frames before
+    that bounce and the two ways are the rough wall's scatter along that side (`BallsConfig.bounce_kick_prob`),
+    the unkicked continuation a clean mirror bounce. None when ball 0 bounces off a corner, not within
+    `search_steps`, or again within the horizon (the scene would then have a second, unlisted fork)."""
+    c, f, m = fork.context, fork.horizon, balls.max_balls
+    free = BallsBatch(balls.deterministic(), [sample_initial(balls, rng)])
+    states, fork_step = [free.state()], None
+    for step in range(c - 1 + fork.search_steps):
+        free.step(np.zeros((1, m)), np.zeros((1, m, 2)))
+        states.append(free.state())
+        if step >= c - 1 and free.bounced[0, 0].sum() == 1:
+            fork_step = step  # the step from frame `step` (the last context frame) into the first future frame
+            break
+    if fork_step is None:
+        return None
+    ctx_states = states[fork_step + 1 - c : fork_step + 1]
+    last = initial_from(ctx_states[-1], 0)
+    # Scatter on with certainty, decided per ball and step by the uniforms: 1 scatters (if bouncing), 0 never.
+    scattering = replace(balls.deterministic(), bounce_kick_prob=1.0, bounce_kick=fork.kick)
+    batch = BallsBatch(scattering, [last] * 3)
+    u = np.zeros((3, m))
+    u[:2, 0] = 1.0
+    signs = np.zeros((3, m, 2))
+    signs[0, 0], signs[1, 0] = 1.0, -1.0  # way 0 scatters towards +x / +y along the wall, way 1 the other way
+    positions = [batch.positions.copy()]
+    fut_states = [batch.state()]
+    batch.step(u, signs)
+    tangent = 1 if batch.bounced[0, 0, 0] else 0  # an x bounce scatters along y
+    for step in range(f):
+        if step:
+            batch.step(np.zeros((3, m)), np.zeros((3, m, 2)))
+            if batch.bounced[:, 0].any():
+                return None
+        fut_states.append(batch.state())
+        positions.append(batch.positions.copy())
+    angles = np.array([math.pi / 2, -math.pi / 2]) if tangent == 1 else np.array([0.0, math.pi])
+    return ctx_states, fut_states, np.stack(positions, axis=1), angles
+
+
 def generate_fork_scenes(balls: BallsConfig, fork: ForkConfig, num_scenes: int, seed: int) -> ForkScenes:
     """Draw `num_scenes` fork scenes; scene i depends only on (balls, fork, seed, i)."""
     balls.validate()
     fork.validate()
     if not (isinstance(num_scenes, int) and num_scenes >= 1):
         raise ValueError(f"num_scenes must be an int >= 1, got {num_scenes!r}")
-    k, c, f, m = fork.directions, fork.context, fork.horizon, balls.max_balls
-    # The fork is the only kick: kick_prob = 1 lets a schedule of uniforms decide exactly where kicks happen.
-    kicking = replace(balls, kick_prob=1.0, kick_strength=fork.kick)
+    k, c, f = fork.directions, fork.context, fork.horizon
     probs = fork.resolved_probabilities()
+    draw = _draw_bounce if fork.event == "bounce" else _draw_kick
 
     kept_context, kept_future, kept_angles, kept_realized, kept_unkicked = [], [], [], [], []
     for index in range(num_scenes):
         for attempt in range(_MAX_ATTEMPTS):
             rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, attempt)))
-            initial = sample_initial(balls, rng)
-            base = math.radians(fork.base_angle) if fork.base_angle is not None else rng.uniform(0, 2 * math.pi)
-            angles = base + 2 * math.pi * np.arange(k) / k
+            drawn = draw(balls, fork, rng)
+            if drawn is None:
+                continue
+            ctx_states, fut_states, fut_positions, angles = drawn
             realized = int(rng.choice(k, p=probs))
-            # Context first (no kicks), then K copies of the state at the last context frame, each kicked once.
-            ctx_states, _ = _simulate(kicking, [initial], np.zeros((1, c - 1, m), bool), np.zeros((1, c - 1, m)),
-                                      c - 1)
-            last = initial_from(ctx_states[-1], 0)
-            # K kicked copies plus one unkicked (the last), which is no way of the fork but must be told apart.
-            kicks = np.zeros((k + 1, f, m), bool)
-            kicks[:k, 0, 0] = True
-            kick_angles = np.zeros((k + 1, f, m))
-            kick_angles[:k, 0, 0] = angles
-            fut_states, fut_positions = _simulate(kicking, [last] * (k + 1), kicks, kick_angles, f)
             end = fut_positions[:, -1, 0]  # (K + 1, 2) ball 0 at the last frame of each way and unkicked
             gaps = np.hypot(*(end[:, None] - end[None]).transpose(2, 0, 1))[np.triu_indices(k + 1, 1)]
             if gaps.min() >= fork.min_separation:
                 break
         else:
             raise ValueError(
-                f"could not draw fork scene {index} with ways at least ForkConfig.min_separation="
+                f"could not draw {fork.event} fork scene {index} with ways at least ForkConfig.min_separation="
                 f"{fork.min_separation} apart after {_MAX_ATTEMPTS} tries; lower min_separation or raise kick"
             )
         kept_context.append(_stack_states(ctx_states))  # (1, C, M, ...)
@@ -212,6 +281,6 @@ def generate_fork_scenes(balls: BallsConfig, fork: ForkConfig, num_scenes: int, 
         angles=np.stack(kept_angles),
         realized=np.asarray(kept_realized, dtype=np.int64),
         unkicked=np.stack(kept_unkicked),
-        balls=replace(balls, kick_prob=0.0),
+        balls=balls.deterministic(),
         fork=fork,
     )

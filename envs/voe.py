@@ -153,7 +153,7 @@ class World:
     """Deterministic dynamics (no kicks) with interaction groups, solid internal walls and a gravity schedule."""
 
     def __init__(self, balls: BallsConfig, *, walls: tuple[Wall, ...] = (), solid_walls: bool = True) -> None:
-        self.base = replace(balls, kick_prob=0.0, occluder=False, min_balls=1)
+        self.base = replace(balls.deterministic(), occluder=False, min_balls=1)
         self.walls, self.solid_walls = walls, solid_walls
         self._faces = [w.faces(balls.image_size) for w in walls]
 
@@ -654,8 +654,9 @@ def _paint_pair(painter: Painter, walls: tuple[Wall, ...], pair: Pair, voe: VoEC
 
 def voe_config_for(context: int, *, frames_after: int = 6, **overrides) -> VoEConfig:
     """A suite config for a model that reads `context` frames: violations no earlier than context + 2, and a ball
-    hidden for at most context - 1 frames, so the window that judges the frame it should re-emerge in still shows
-    it going in."""
+    hidden for at most context - 2 frames, so the window that judges the frame it should re-emerge in still shows
+    it moving in two frames (its speed, hence when it is due out, is visible; one frame would show only where it
+    went in)."""
     start = context + 2
-    overrides.setdefault("max_hidden_frames", max(1, context - 1))
+    overrides.setdefault("max_hidden_frames", max(1, context - 2))
     return VoEConfig(length=start + frames_after + 1, min_violation_frame=start, min_frames_after=3, **overrides)

@@ -104,6 +104,10 @@ def test_futures_command(run_dir, tmp_path):
     assert set(result["z_leak"]["ordinary_clips"]) >= {"true/reduction", "shuffled/reduction", "leak_ratio"}
     assert result["capacity"]["capacity"] == "kl" and result["capacity"]["capacity_used"] >= 0
     assert (out / "futures.png").is_file() and (out / "capacity.png").is_file()
+    # The rough-wall family is measured too; the debug simulator has smooth walls, so a kick family is the headline.
+    assert result["families"]["bounce"]["ns"] == [1, 5]
+    assert result["families"]["bounce"]["simulator_ceiling"]["mode_coverage"]["5"] < 0.5
+    assert result["targets"]["headline_family"] == "2way"
 
 
 @pytest.mark.slow

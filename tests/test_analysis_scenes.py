@@ -105,6 +105,73 @@ def test_simulator_ceiling_of_rare_and_certain_kicks():
     assert often["mode_coverage"]["20"] > rare["mode_coverage"]["20"] + 0.2
 
 
+def test_bounce_fork_scenes_scatter_along_the_wall_at_the_first_future_step():
+    balls = BallsConfig(image_size=32, max_balls=2, bounce_kick_prob=1.0)
+    fork = ForkConfig(event="bounce", kick=0.04, context=3, horizon=8)
+    scenes = generate_fork_scenes(balls, fork, 24, seed=5)
+    assert scenes.futures.shape == (24, 2, 8, 32, 32, 3) and scenes.context.shape == (24, 3, 32, 32, 3)
+    pos0 = scenes.context_state["positions"][:, -1, 0]  # (S, 2) ball 0 in the last context frame
+    vel0 = scenes.context_state["velocities"][:, -1, 0]
+    first = scenes.future_state["velocities"][:, :, 0, 0]  # (S, K, 2) just after the fork step
+    for s in range(len(scenes)):
+        # The ways point along the wall: way 0 to +x / +y, way 1 the other way; the normal component flips in both
+        # (the bounce), and the scatter pushes the tangential one apart.
+        tangent = int(round(abs(math.sin(scenes.angles[s, 0]))))
+        normal = 1 - tangent
+        assert np.all(np.sign(first[s, :, normal]) == -np.sign(vel0[s, normal]))
+        assert first[s, 0, tangent] > first[s, 1, tangent]
+        # Before the fork ball 0 was heading for that side of the box.
+        heading_to = 1.0 if vel0[s, normal] > 0 else 0.0
+        assert abs(pos0[s, normal] - heading_to) < 0.25
+    # Scatter turns, it does not speed up (a collision at the same step aside).
+    speed_before = np.linalg.norm(vel0, axis=-1)[:, None]
+    assert np.median(np.abs(np.linalg.norm(first, axis=-1) - speed_before)) < 1e-12
+    end = scenes.mode_positions()[:, :, -1]
+    assert np.linalg.norm(end[:, 0] - end[:, 1], axis=-1).min() >= fork.min_separation
+    assert np.linalg.norm(end - scenes.null_positions()[:, None, -1], axis=-1).min() >= fork.min_separation
+    with pytest.raises(ValueError, match="bounce"):
+        ForkConfig(event="bounce", directions=3).validate()
+
+
+def test_simulator_ceiling_of_rough_walls():
+    from analysis.multifuture import FuturesConfig, simulator_ceiling
+
+    balls = BallsConfig(image_size=32, max_balls=1, bounce_kick_prob=1.0)
+    scenes = generate_fork_scenes(balls, ForkConfig(event="bounce", kick=0.04, context=3, horizon=8), 48, seed=2)
+    config = FuturesConfig(samples=20, ns=(1, 10, 20))
+    rough = simulator_ceiling(scenes, balls, config)
+    # Every sample scatters one way or the other with a fair coin: 10 samples miss a way with odds 2 / 2**10.
+    assert rough["mode_coverage"]["10"] > 0.97
+    assert rough["calibration"]["total_variation"] < 0.15
+    assert rough["position_best_of_n_over_deterministic"]["10"] < 0.05
+    # Smooth walls and no kicks: every sample is the clean bounce, which is no way of the fork.
+    smooth = simulator_ceiling(scenes, balls.deterministic(), config)
+    assert smooth["mode_coverage"]["20"] == 0.0
+
+
+def test_rough_walls_scatter_only_at_border_bounces_and_leave_the_random_stream_alone():
+    from envs.clips import generate_clips
+
+    smooth = BallsConfig(image_size=32, max_balls=2)
+    rough = replace(smooth, bounce_kick_prob=1.0)
+    a, b = generate_clips(smooth, 32, 24, seed=4), generate_clips(rough, 32, 24, seed=4)
+    # Same draws: clips agree exactly up to the first frame where some ball scatters.
+    scattered = b.state["kicked"] & ~a.state["kicked"]  # (N, T, M)
+    for n in range(32):
+        frames = np.flatnonzero(scattered[n].any(-1))
+        first = frames[0] if frames.size else 24
+        assert np.array_equal(a.state["positions"][n, :first], b.state["positions"][n, :first])
+        if frames.size:
+            # A scatter happens at a border contact and keeps the speed.
+            t, k = frames[0], int(np.flatnonzero(scattered[n, frames[0]])[0])
+            assert b.state["contacts"][n, t, k]
+            r, x = b.state["radii"][n, t, k], b.state["positions"][n, t, k]
+            assert min(x.min() - r, 1 - r - x.max()) < 0.11
+    assert scattered.any(-1).any(-1).mean() > 0.5
+    with pytest.raises(ValueError, match="bounce_kick_prob"):
+        BallsConfig(bounce_kick_prob=1.5)
+
+
 def test_fork_config_errors_name_the_field():
     with pytest.raises(ValueError, match="probabilities"):
         generate_fork_scenes(SMALL, ForkConfig(directions=2, probabilities=(0.5, 0.6)), 2, seed=0)

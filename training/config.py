@@ -233,8 +233,10 @@ class TrainConfig:
 
 def scene_balls(image_size: int) -> BallsConfig:
     """The simulator of the small and base presets: bouncing balls, and in some clips a solid wall or an occluder
-    wide enough to hide a ball, so that what the VoE suite tests (solidity, object permanence) is in the data."""
-    return BallsConfig(image_size=image_size, wall_prob=0.3, occluder_prob=0.3, occluder_width=0.3)
+    wide enough to hide a ball, so that what the VoE suite tests (solidity, object permanence) is in the data.
+    Rough walls (every bounce off the border scatters one of two ways) give the latent variable forks whose time
+    the past announces, the kind the multiple-futures targets are measured on."""
+    return BallsConfig(image_size=image_size, wall_prob=0.3, occluder_prob=0.3, occluder_width=0.3, bounce_kick_prob=1.0)
 
 
 def debug() -> TrainConfig:
