@@ -1,7 +1,7 @@
 """Physics probes: what ground-truth state can be read out of a model's frozen representations.
 
-For every frame t >= 1 of held-out simulator clips the probe input is the representation of frames t-1 and t
-side by side (velocity is not visible in one still frame), and the targets are the simulator's state at t:
+For every frame t >= 1 of held-out simulator clips the probe input is the representation of frame t and its change
+since frame t-1 (`pair_of`; velocity is not visible in one still frame), and the targets are the simulator's state at t:
 
     position, velocity, speed, radius          regression per ball, a ball being known by its colour (R2 over
                                                 the balls present). velocity is the displacement from t-1 to t,
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -196,9 +197,18 @@ def hidden_target(state: dict[str, np.ndarray], balls: BallsConfig) -> Target:
 # --------------------------------------------------------------------------------------------------- features
 
 
+def pair_of(previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+    """(..., D) features of frames t-1 and t -> (..., 2D): frame t and its change since t-1.
+
+    The same information as the two frames side by side, but a probe standardises each input, so the change (small
+    next to where things are) gets its own scale: a regularised linear readout of motion then needs no huge weights
+    on two nearly equal inputs."""
+    return torch.cat([current, current - previous], dim=-1)
+
+
 def pair_features(reps: torch.Tensor) -> np.ndarray:
-    """(N, T, D) per-frame features -> (N * (T - 1), 2D): frames t-1 and t side by side."""
-    pairs = torch.cat([reps[:, :-1], reps[:, 1:]], dim=-1)
+    """(N, T, D) per-frame features -> (N * (T - 1), 2D) rows of `pair_of` for t = 1..T-1."""
+    pairs = pair_of(reps[:, :-1], reps[:, 1:])
     return rearrange(pairs, "n t d -> (n t) d").cpu().double().numpy()
 
 
@@ -268,10 +278,16 @@ def hidden_config(balls: BallsConfig) -> BallsConfig:
 # --------------------------------------------------------------------------------------------------- suite
 
 
+Readout = Callable[[np.ndarray, Split], float]
+
+
 def _fit_and_score(features: dict[str, np.ndarray], target: Target, rows: dict[str, np.ndarray],
-                   config: ProbeConfig, extra_tests: dict[str, tuple[dict[str, np.ndarray], Target]] | None = None
+                   config: ProbeConfig, extra_tests: dict[str, tuple[dict[str, np.ndarray], Target]] | None = None,
+                   derived: dict[str, Readout] | None = None,
                    ) -> dict[str, dict[str, dict[str, float]]]:
-    """results[feature][probe_model] = {"test": score, <extra test name>: score, ...}."""
+    """results[feature][probe_model] = {"test": score, <extra test name>: score, ...}; for every entry of
+    `derived`, also results[feature][probe_model][<derived name>] = {split: that function of the probe's
+    predictions}."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     for name, x in features.items():
         train, val = _subset(x, target, rows["train"]), _subset(x, target, rows["val"])
@@ -279,13 +295,46 @@ def _fit_and_score(features: dict[str, np.ndarray], target: Target, rows: dict[s
         for probe_model in config.probe_models:
             kwargs = {"epochs": config.mlp_epochs} if probe_model == "mlp" else {}
             probe = fit_probe(probe_model, target.kind, train, val, target.num_classes, **kwargs)
-            test = _subset(x, target, rows["test"])
-            scores = {"test": score(target.kind, probe.predict(test.features), test)}
+            splits = {"test": _subset(x, target, rows["test"])}
             for test_name, (test_features, test_target) in (extra_tests or {}).items():
-                split = Split(test_features[name], test_target.values, test_target.mask)
-                scores[test_name] = score(target.kind, probe.predict(split.features), split)
+                splits[test_name] = Split(test_features[name], test_target.values, test_target.mask)
+            scores: dict[str, object] = {}
+            for split_name, split in splits.items():
+                prediction = probe.predict(split.features)
+                scores[split_name] = score(target.kind, prediction, split)
+                for derived_name, readout in (derived or {}).items():
+                    scores.setdefault(derived_name, {})[split_name] = readout(prediction, split)
             out[name][probe_model] = scores
     return out
+
+
+def speed_and_direction(velocity: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 2P) per-colour displacements -> speeds (n, P) and direction bins (n, P) (as in `state_targets`)."""
+    v = velocity.reshape(len(velocity), -1, 2)
+    angle = np.mod(np.arctan2(v[..., 1], v[..., 0]), 2 * math.pi)
+    return np.linalg.norm(v, axis=-1), np.minimum((angle / (2 * math.pi / bins)).astype(np.int64), bins - 1)
+
+
+def motion_readouts(bins: int) -> dict[str, Readout]:
+    """Speed R2 and direction balanced accuracy of a velocity probe's predictions: a linear probe cannot output a
+    norm or an angle, and a probe fitted to speed or direction alone sees each ball's nearly constant value in
+    only a few clips, so reading them through the velocity probe is the fair test of whether motion is encoded."""
+
+    def present(split: Split) -> np.ndarray:
+        return split.mask[:, ::2]
+
+    def speed(prediction: np.ndarray, split: Split) -> float:
+        return r2_score(speed_and_direction(prediction, bins)[0], speed_and_direction(split.values, bins)[0],
+                        present(split))
+
+    def direction(prediction: np.ndarray, split: Split) -> float:
+        predicted, truth = speed_and_direction(prediction, bins)[1], speed_and_direction(split.values, bins)[1]
+        moving = present(split) & (speed_and_direction(split.values, bins)[0] > 1e-9)
+        scores = [balanced_accuracy(predicted[moving[:, j], j], truth[moving[:, j], j])
+                  for j in range(truth.shape[1]) if moving[:, j].any()]
+        return float(np.mean(scores)) if scores else float("nan")
+
+    return {"speed_from_velocity": speed, "direction_from_velocity": direction}
 
 
 def chance_level(target: Target) -> float:
@@ -331,9 +380,19 @@ def run_probes(model: WorldModel, balls: BallsConfig, config: ProbeConfig | None
             "kind": target.kind,
             "metric": "r2" if target.kind == "regression" else "balanced_accuracy",
             "chance": chance_level(target),
-            "results": _fit_and_score(features, target, rows, config, {"ood": (ood_features, ood_targets[name])}),
+            "results": _fit_and_score(features, target, rows, config, {"ood": (ood_features, ood_targets[name])},
+                                      motion_readouts(config.direction_bins) if name == "velocity" else None),
         }
         log(f"probe: {name} done ({time.perf_counter() - started:.0f} s)")
+    # Speed and direction as read through the velocity probe, as targets of their own.
+    for derived, kind, metric, of in (("speed_from_velocity", "regression", "r2", "speed"),
+                                      ("direction_from_velocity", "classification", "balanced_accuracy",
+                                       "direction")):
+        results[derived] = {
+            "kind": kind, "metric": metric, "chance": results[of]["chance"],
+            "results": {feature: {probe_model: scores.pop(derived) for probe_model, scores in by_model.items()}
+                        for feature, by_model in results["velocity"]["results"].items()},
+        }
 
     results["hidden_position"] = _hidden_probe(model, control, balls, config, window)
     log(f"probe: hidden_position done ({time.perf_counter() - started:.0f} s)")
@@ -399,11 +458,11 @@ def _predicted_probe(model: WorldModel, clips, split: dict[str, np.ndarray], bal
         state, present = values[test], np.repeat(present[test], 2, axis=-1)  # (n, T, P, 2), (n, T, 2P)
         # Baseline: the probe read on the last observed pair of frames, i.e. "the state stays as last seen".
         last_seen = probe.predict(
-            torch.cat([target_reps[test, context - 2], target_reps[test, context - 1]], -1).cpu().double().numpy()
+            pair_of(target_reps[test, context - 2], target_reps[test, context - 1]).cpu().double().numpy()
         ) if context >= 2 else None
         for h in range(1, horizon + 1):
             frame = context - 1 + h
-            x = torch.cat([sequence[:, h - 1], sequence[:, h]], dim=-1).cpu().double().numpy()
+            x = pair_of(sequence[:, h - 1], sequence[:, h]).cpu().double().numpy()
             truth = state[:, frame].reshape(len(test), -1)
             mask = present[:, frame]
             per_horizon.append(r2_score(probe.predict(x), truth, mask))

@@ -177,3 +177,35 @@ def test_mlp_probe_is_at_least_the_ridge_probe_on_a_linear_target():
     ridge, mlp = RidgeProbe(train, val), MLPProbe(train, val, "regression", epochs=30, hidden=32)
     assert r2_score(ridge.predict(test.features), test.values) > 0.999
     assert r2_score(mlp.predict(test.features), test.values) > 0.99
+
+
+def test_pair_features_and_motion_read_through_the_velocity_probe():
+    import torch
+
+    from analysis.probe_models import fit_probe
+    from analysis.probes import ProbeConfig, motion_readouts, oracle_features, pair_features, split_indices, \
+        state_targets
+    from envs.clips import generate_clips
+    from envs.physics import BallsConfig
+
+    reps = torch.tensor([[[1.0, 2.0], [4.0, 3.0], [4.5, 3.5]]])  # (N=1, T=3, D=2)
+    assert np.allclose(pair_features(reps), [[4.0, 3.0, 3.0, 1.0], [4.5, 3.5, 0.5, 0.5]])
+
+    # From the true positions the velocity probe is exact, so the speed and direction read through it are too.
+    balls = BallsConfig(image_size=32, max_balls=2)
+    data = generate_clips(balls, 60, 8, seed=9)
+    config = ProbeConfig()
+    features = pair_features(oracle_features(data.state, balls))
+    targets = state_targets(data.state, data.num_balls, balls, config)
+    velocity = targets["velocity"]
+    rows = {k: np.repeat(np.isin(np.arange(60), v), 7) for k, v in split_indices(60, seed=0).items()}
+    parts = {k: Split(features[r], velocity.values[r], velocity.mask[r]) for k, r in rows.items()}
+    probe = fit_probe("linear", "regression", parts["train"], parts["val"])
+    readouts = motion_readouts(config.direction_bins)
+    test = parts["test"]
+    assert readouts["speed_from_velocity"](probe.predict(test.features), test) > 0.99
+    assert readouts["direction_from_velocity"](probe.predict(test.features), test) > 0.95
+    # Known values: the true velocities give R2 1 and accuracy 1; their negation points every ball the other way.
+    assert readouts["speed_from_velocity"](test.values, test) == pytest.approx(1.0)
+    assert readouts["direction_from_velocity"](test.values, test) == pytest.approx(1.0)
+    assert readouts["direction_from_velocity"](-test.values, test) == pytest.approx(0.0)
