@@ -654,9 +654,9 @@ def _paint_pair(painter: Painter, walls: tuple[Wall, ...], pair: Pair, voe: VoEC
 
 def voe_config_for(context: int, *, frames_after: int = 6, **overrides) -> VoEConfig:
     """A suite config for a model that reads `context` frames: violations no earlier than context + 2, and a ball
-    hidden for at most context - 2 frames, so the window that judges the frame it should re-emerge in still shows
-    it moving in two frames (its speed, hence when it is due out, is visible; one frame would show only where it
-    went in)."""
+    surely hidden (rim included) for at most context - 2 frames. A rim so faint that it rounds to nothing can hide
+    it one frame more, so the window that judges the frame it should re-emerge in shows it going in at least once
+    and mostly twice (then its speed, hence when it is due out, is visible too)."""
     start = context + 2
     overrides.setdefault("max_hidden_frames", max(1, context - 2))
     return VoEConfig(length=start + frames_after + 1, min_violation_frame=start, min_frames_after=3, **overrides)

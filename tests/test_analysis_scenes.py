@@ -225,6 +225,28 @@ def test_voe_variants_and_property_specific_content():
     assert set(shape.variant) == {"disc_to_square", "square_to_disc"}
 
 
+def test_a_ball_behind_the_occluder_is_seen_going_in_within_the_window_before_it_is_due_out():
+    context = 4
+    voe = voe_config_for(context)
+    assert voe.max_hidden_frames == context - 2
+    balls = BallsConfig(image_size=64, max_balls=2)
+    pairs = generate_pairs(balls, "permanence", 48, seed=1, voe=voe)
+    seen = []  # frames of the window before the ball is due out in which it can be seen
+    for group in np.unique(pairs.group):
+        rows = np.flatnonzero((pairs.group == group) & np.char.endswith(pairs.variant.astype(str), "occluder"))
+        if rows.size != 2:
+            continue
+        # The vanish pair's possible clip has the ball, the appear pair's has the same scene without it: they agree
+        # exactly in the frames where the ball is completely hidden.
+        with_ball = pairs.possible[rows[pairs.variant[rows] == "vanish_occluder"][0]]
+        without = pairs.possible[rows[pairs.variant[rows] == "appear_occluder"][0]]
+        same = np.flatnonzero((with_ball == without).reshape(len(with_ball), -1).all(-1))
+        assert 1 <= same.size <= context - 1 and np.all(np.diff(same) == 1)
+        out = same[-1] + 1  # the first frame it shows again; its window is the `context` frames before it
+        seen.append(sum(k not in same for k in range(out - context, out)))
+    assert len(seen) >= 10 and min(seen) >= 1 and np.mean(np.asarray(seen) >= 2) > 0.5
+
+
 @pytest.mark.parametrize("prop", ["permanence", "continuity", "shape", "color", "size"])
 def test_matched_pairs_balance_frame_content(prop):
     """IntPhys design: within a scene's two pairs, every impossible frame is the possible frame of one of them."""
