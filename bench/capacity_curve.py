@@ -1,6 +1,7 @@
 """The capacity trade-off curve: train one model per capacity setting and measure what z buys at each. Prints JSON.
 
     python bench/capacity_curve.py                                  # debug preset, free bits 0 / 0.1 / 0.5 / 2
+    python bench/capacity_curve.py --free-bits 0.5 --sparse-l1 0.001,0.01   # plus two sparse (L1) settings
     python bench/capacity_curve.py --free-bits 0,1 --steps 100      # quicker
     python bench/capacity_curve.py --preset small --steps 2500 --free-bits 0.1,0.5,2   # the real thing (hours on CPU)
 
@@ -29,6 +30,7 @@ def main() -> int:
     parser.add_argument("--preset", default="debug")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--free-bits", default="0,0.1,0.5,2", help="comma-separated model.latent.free_bits values")
+    parser.add_argument("--sparse-l1", default="", help="comma-separated model.latent.l1_weight values of sparse runs")
     parser.add_argument("--scenes", type=int, default=64, help="bounce fork scenes per setting")
     parser.add_argument("--out", default="runs/capacity-curve")
     parser.add_argument("--threads", type=int, default=0)
@@ -45,20 +47,26 @@ def main() -> int:
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    try:
-        free_bits = [float(v) for v in args.free_bits.split(",") if v.strip()]
-    except ValueError:
-        parser.error(f"--free-bits must be comma-separated numbers, got {args.free_bits!r}")
-    if not free_bits:
-        parser.error("--free-bits needs at least one value")
+    settings = []  # (run name, overrides) per point of the curve
+    for flag, values, name, keys in (("--free-bits", args.free_bits, "free_bits", ("model.latent.capacity=kl",
+                                                                                 "model.latent.free_bits")),
+                                     ("--sparse-l1", args.sparse_l1, "sparse_l1", ("model.latent.capacity=sparse",
+                                                                                "model.latent.l1_weight"))):
+        try:
+            numbers = [float(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            parser.error(f"{flag} must be comma-separated numbers, got {values!r}")
+        settings += [(f"{name}_{v:g}", [keys[0], f"{keys[1]}={v}"]) for v in numbers]
+    if not settings:
+        parser.error("--free-bits and --sparse-l1 are both empty")
     out = Path(args.out)
     overrides = ["data.balls.bounce_kick_prob=1.0", *args.overrides]
     points = []
-    for value in free_bits:
-        run_dir = out / f"free_bits_{value:g}"
+    for name, setting in settings:
+        run_dir = out / name
         config = build_config(args.preset, None, [f"run.out_dir={run_dir}", f"run.steps={args.steps}",
                                                   "run.progress=false", "run.sample_video=false",
-                                                  *overrides, f"model.latent.free_bits={value}"])
+                                                  *overrides, *setting])
         started = time.perf_counter()
         result = train(config)
         seconds = time.perf_counter() - started
@@ -79,7 +87,7 @@ def main() -> int:
             "train_seconds": seconds,
             "checkpoint": str(result.out_dir),
         })
-        print(f"free_bits={value:g}: capacity used {points[-1]['capacity_used']:.3f}, best-of-10 / deterministic "
+        print(f"{name}: capacity used {points[-1]['capacity_used']:.3f}, best-of-10 / deterministic "
               f"{points[-1]['best_of_10_over_deterministic']:.3f}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     plot = plots.capacity_curve(points, out / "capacity.png")
