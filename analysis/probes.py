@@ -155,9 +155,7 @@ def state_targets(state: dict[str, np.ndarray], num_balls: np.ndarray, balls: Ba
     radius, _ = by_color(state["radii"], state, palette)
     vel = displacement(pos)
     pos, vel, vel_state, radius, present = _rows(pos), _rows(vel), _rows(vel_state), _rows(radius), _rows(present)
-    speed = np.linalg.norm(vel, axis=-1)
-    angle = np.mod(np.arctan2(vel[..., 1], vel[..., 0]), 2 * math.pi)
-    bins = np.minimum((angle / (2 * math.pi / config.direction_bins)).astype(np.int64), config.direction_bins - 1)
+    speed, bins = speed_and_direction(vel.reshape(len(vel), -1), config.direction_bins)  # (n, P) each
     two = np.repeat(present, 2, axis=1)
     length = state["present"].shape[1]
     contacts = ball_contacts(state)  # (N, T)
@@ -309,7 +307,7 @@ def _fit_and_score(features: dict[str, np.ndarray], target: Target, rows: dict[s
 
 
 def speed_and_direction(velocity: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """(n, 2P) per-colour displacements -> speeds (n, P) and direction bins (n, P) (as in `state_targets`)."""
+    """(n, 2P) per-colour displacements -> speeds (n, P) and direction bins (n, P)."""
     v = velocity.reshape(len(velocity), -1, 2)
     angle = np.mod(np.arctan2(v[..., 1], v[..., 0]), 2 * math.pi)
     return np.linalg.norm(v, axis=-1), np.minimum((angle / (2 * math.pi / bins)).astype(np.int64), bins - 1)
@@ -328,8 +326,9 @@ def motion_readouts(bins: int) -> dict[str, Readout]:
                         present(split))
 
     def direction(prediction: np.ndarray, split: Split) -> float:
-        predicted, truth = speed_and_direction(prediction, bins)[1], speed_and_direction(split.values, bins)[1]
-        moving = present(split) & (speed_and_direction(split.values, bins)[0] > 1e-9)
+        predicted = speed_and_direction(prediction, bins)[1]
+        true_speed, truth = speed_and_direction(split.values, bins)
+        moving = present(split) & (true_speed > 1e-9)
         scores = [balanced_accuracy(predicted[moving[:, j], j], truth[moving[:, j], j])
                   for j in range(truth.shape[1]) if moving[:, j].any()]
         return float(np.mean(scores)) if scores else float("nan")
