@@ -68,6 +68,33 @@ def family_name(probabilities: tuple[float, ...]) -> str:
     return f"{len(probabilities)}way"
 
 
+def fork_configs(balls: BallsConfig, config: FuturesConfig, context: int, horizon: int | None = None
+                 ) -> dict[str, ForkConfig]:
+    """The fork families of `config` by name (kick families, then 'bounce'), for a model reading `context` frames,
+    simulated `horizon` frames (default config.horizon)."""
+    horizon = horizon or config.horizon
+    # Ways drift apart about linearly in time: a short horizon asks for proportionally less separation.
+    separation = ForkConfig.min_separation * min(1.0, horizon / 10)
+    forks = {
+        family_name(probabilities): ForkConfig(directions=len(probabilities), probabilities=tuple(probabilities),
+                                               kick=config.kick or balls.kick_strength, context=context,
+                                               horizon=horizon, min_separation=separation)
+        for probabilities in config.families
+    }
+    if config.bounce:
+        forks["bounce"] = ForkConfig(event="bounce", kick=config.kick or balls.bounce_kick, context=context,
+                                     horizon=horizon, min_separation=separation)
+    return forks
+
+
+def headline_family(balls: BallsConfig, config: FuturesConfig) -> str:
+    """The family the targets are read on: 'bounce' when the training simulator has rough walls (the only fork its
+    data announces), else the first kick family."""
+    if config.bounce and (balls.bounce_kick_prob > 0 or not config.families):
+        return "bounce"
+    return family_name(config.families[0])
+
+
 # --------------------------------------------------------------------------------------------------- probe
 
 
@@ -340,17 +367,7 @@ def run_futures(model: WorldModel, balls: BallsConfig, config: FuturesConfig | N
     probe = fit_position_probe(model, balls, config.probe_clips, config.seed + 7)
     generator = torch.Generator(device=model.device).manual_seed(config.seed)
     families, leak = {}, {}
-    # Ways drift apart about linearly in time: a short horizon asks for proportionally less separation.
-    separation = ForkConfig.min_separation * min(1.0, config.horizon / 10)
-    forks = {
-        family_name(probabilities): ForkConfig(directions=len(probabilities), probabilities=tuple(probabilities),
-                                               kick=config.kick or balls.kick_strength, context=context,
-                                               horizon=config.horizon, min_separation=separation)
-        for probabilities in config.families
-    }
-    if config.bounce:
-        forks["bounce"] = ForkConfig(event="bounce", kick=config.kick or balls.bounce_kick, context=context,
-                                     horizon=config.horizon, min_separation=separation)
+    forks = fork_configs(balls, config, context)
     for i, (name, fork) in enumerate(forks.items()):
         scenes = generate_fork_scenes(balls, fork, config.scenes, seed=config.seed + 100 * i)
         families[name] = evaluate_family(model, scenes, probe, config, window=window, generator=generator)
@@ -363,8 +380,7 @@ def run_futures(model: WorldModel, balls: BallsConfig, config: FuturesConfig | N
     ordinary = generate_clips(balls, config.scenes, context + 1, seed=config.seed + 50)
     online, target = inference.encode(model, ordinary.frames), inference.encode(model, ordinary.frames, target=True)
     leak["ordinary_clips"] = z_leak(model, online, target, context, window=window, seed=config.seed)
-    announced = config.bounce and balls.bounce_kick_prob > 0
-    headline_name = "bounce" if announced else next(iter(forks))
+    headline_name = headline_family(balls, config)
     headline = families[headline_name]
     targets = {
         "headline_family": headline_name,

@@ -24,13 +24,13 @@ import torch
 
 from envs.clips import generate_clips
 from envs.physics import BallsConfig
-from envs.scenes import ForkConfig, generate_fork_scenes
+from envs.scenes import generate_fork_scenes
 from envs.voe import generate_pairs, voe_config_for
 from worldmodel.model import WorldModel
 
 from . import inference, plots
 from .loading import load_model, simulator_config
-from .multifuture import FuturesConfig, capacity_point, run_futures
+from .multifuture import FuturesConfig, capacity_point, fork_configs, headline_family, run_futures
 from .probes import ProbeConfig, run_probes
 from .surprise import SurpriseConfig, run_surprise
 from .tracking import log_analysis, run_directory, training_history
@@ -181,11 +181,8 @@ def _videos(model: WorldModel, balls: BallsConfig, config: ReportConfig, out: Pa
     videos.append(write_futures_video(model, inference.as_frames(clip[None])[0], context=context, num_samples=8,
                                       path=out / "videos" / "futures-clip.mp4", seed=config.futures.seed,
                                       window=window))
-    # The fork the training data announces (a rough-wall bounce) when it has one, else a 2-way kick.
-    if balls.bounce_kick_prob > 0:
-        fork_config = ForkConfig(event="bounce", context=context, horizon=horizon, kick=balls.bounce_kick)
-    else:
-        fork_config = ForkConfig(directions=2, context=context, horizon=horizon, kick=balls.kick_strength)
+    # The headline fork: a rough-wall bounce when the training data has them, else the first kick family.
+    fork_config = fork_configs(balls, config.futures, context, horizon)[headline_family(balls, config.futures)]
     fork = generate_fork_scenes(balls, fork_config, 1, seed=config.futures.seed)
     videos.append(write_futures_video(model, inference.as_frames(fork.realized_clips())[0], context=context,
                                       num_samples=8, path=out / "videos" / "futures-fork.mp4",
