@@ -117,9 +117,11 @@ def sliding_prior_error(model: WorldModel, online: torch.Tensor, target: torch.T
 
 
 @torch.no_grad()
-def posterior_code(model: WorldModel, inputs: torch.Tensor, next_target: torch.Tensor) -> torch.Tensor:
-    """The posterior's code for z (its mean) given past inputs (B, C, D) and the next target representation (B, D)."""
-    return model.posterior(inputs, next_target).mean
+def posterior_code(model: WorldModel, inputs: torch.Tensor, last_target: torch.Tensor,
+                   next_target: torch.Tensor) -> torch.Tensor:
+    """The posterior's code for z (its mean) given past inputs (B, C, D), the target representation of the last
+    input frame (B, D) and that of the next frame (B, D)."""
+    return model.posterior(inputs, next_target, last_target=last_target).mean
 
 
 @torch.no_grad()

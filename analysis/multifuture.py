@@ -314,7 +314,7 @@ def z_leak(model: WorldModel, online: torch.Tensor, target: torch.Tensor, step: 
     prior_mean, _ = model.rollout(inputs, last, 1, deterministic=True)
     out = {}
     for name, next_frame in (("true", true_next), ("shuffled", shuffled_next)):
-        z = inference.posterior_code(model, inputs, next_frame)
+        z = inference.posterior_code(model, inputs, last, next_frame)
         posterior, _ = model.rollout(inputs, last, 1, latents=z[:, None])
         prior_error = float(distance(prior_mean[:, 0], next_frame).mean())
         posterior_error = float(distance(posterior[:, 0], next_frame).mean())

@@ -221,8 +221,16 @@ def test_rollout_window_feeds_only_the_most_recent_inputs(model_config, frames):
         assert torch.allclose(narrow, torch.stack(expected, dim=1), atol=1e-6)
         assert not torch.allclose(narrow, full, atol=1e-4)
         # The posterior method matches the submodules it wraps.
-        posterior = model.posterior(online, target[:, -1])
-        assert torch.equal(posterior.mean, model.latent.infer(model.past(online)[:, -1], target[:, -1]).mean)
+        # The posterior method matches the submodules it wraps: it is shown the innovation, the next target minus
+        # the prior mean's prediction of it from the last input frame's target.
+        last, following = target[:, -2], target[:, -1]
+        posterior = model.posterior(online[:, :-1], following, last_target=last)
+        summary = model.past(online[:, :-1])[:, -1]
+        expected = model.transition(summary, model.latent.prior(summary).mean, last)
+        shown = torch.cat([summary, following - expected], dim=-1)
+        assert torch.equal(posterior.mean, model.latent.posterior(shown).mean)
+        with pytest.raises(ValueError, match="last_target"):
+            model.posterior(online[:, :-1], following)
 
 
 def test_keypoint_coordinates_pass_through_into_the_representation():
@@ -279,3 +287,51 @@ def test_models_saved_before_the_encoder_changes_still_load(model_config, frames
     loaded = WorldModel.load(tmp_path / "m").eval()
     assert loaded.config.encoder.keypoint_stage == -1 and not loaded.config.encoder.keypoint_passthrough
     assert torch.equal(model.encode(frames), loaded.encode(frames))
+
+
+def test_models_saved_before_change_inputs_and_the_innovation_posterior_still_load(model_config, frames, tmp_path):
+    """A config.json without predictor.change_inputs / latent.posterior_input is a model built before them: it
+    loads without the change projection and with a posterior shown the next target itself, outputs unchanged."""
+    import json
+
+    old = replace(model_config, predictor=replace(model_config.predictor, change_inputs=False),
+                  latent=replace(model_config.latent, posterior_input="target"))
+    torch.manual_seed(0)
+    model = WorldModel(old).eval()
+    assert model.past.from_change is None
+    model.save(tmp_path / "m")
+    payload = json.loads((tmp_path / "m" / "config.json").read_text())
+    del payload["model"]["predictor"]["change_inputs"], payload["model"]["latent"]["posterior_input"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(payload))
+    loaded = WorldModel.load(tmp_path / "m").eval()
+    assert not loaded.config.predictor.change_inputs and loaded.config.latent.posterior_input == "target"
+    online, target = loaded.encode(frames), loaded.encode_target(frames)
+    assert torch.equal(model.posterior(online[:, :-1], target[:, -1]).mean,
+                       loaded.posterior(online[:, :-1], target[:, -1]).mean)
+    assert torch.equal(model.energy(frames[:, :3], frames[:, 3:]), loaded.energy(frames[:, :3], frames[:, 3:]))
+
+
+def test_change_inputs_make_the_summary_see_motion_linearly(model_config):
+    """With change_inputs, token t gets from_change(s_t - s_{t-1}): two sequences that end at the same input but
+    arrive from different places give different tokens even with attention removed (depth 0)."""
+    config = replace(model_config.predictor, depth=0)
+    from worldmodel.predictor import PastEncoder
+
+    torch.manual_seed(0)
+    past = PastEncoder(config, dim=model_config.encoder.dim).eval()
+    assert past.from_change is not None
+    last = torch.randn(1, 1, model_config.encoder.dim)
+    a = torch.cat([last - 0.1, last], dim=1)
+    b = torch.cat([last + 0.1, last], dim=1)
+    with torch.no_grad():
+        ha, hb = past(a)[:, -1], past(b)[:, -1]
+        # the first input of a sequence has no predecessor: its change is 0, so it is the plain projection
+        first = past(last)[:, 0]
+        plain = past.norm(past.to_width(last[:, 0]) + past.position[0] + past.from_change.bias)
+    assert (ha - hb).abs().max() > 1e-3
+    assert torch.allclose(first, plain, atol=1e-6)
+    without = PastEncoder(replace(config, change_inputs=False), dim=model_config.encoder.dim).eval()
+    assert without.from_change is None
+    with torch.no_grad():
+        # without it (and without attention) a token knows only its own input: the two histories look the same
+        assert torch.equal(without(a)[:, -1], without(b)[:, -1])

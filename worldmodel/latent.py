@@ -1,8 +1,9 @@
 """The latent variable z_t: amortised posterior, learned prior, and the capacity cost that keeps z small.
 
 z_t is meant to carry only what the past cannot determine about the next frame (a random kick, which way a fork
-goes). The posterior sees the true next target representation, so without a capacity limit it could simply copy
-the future into z; the capacity cost is what stops that leak:
+goes). The posterior sees the true next target representation (by default as the innovation: its difference from
+what the prior mean predicts), so without a capacity limit it could simply copy the future into z; the capacity
+cost is what stops that leak:
 - `kl`:     cost = KL(q(z | h_t, s_{t+1}) || p(z | h_t)) in nats, floored per step at `free_bits`.
 - `sparse`: cost = l1_weight * |z|_1 with z projected into an L2 ball of radius max_norm.
 """
@@ -84,9 +85,20 @@ class Latent(nn.Module):
         self.prior = GaussianHead(width, config.dim, config.hidden)
         self.posterior = GaussianHead(width + dim, config.dim, config.hidden)
 
-    def infer(self, summary: torch.Tensor, next_target: torch.Tensor) -> Gaussian:
-        """Posterior over z_t given the past summary h_t and the true next target representation."""
-        posterior = self.posterior(torch.cat([summary, next_target], dim=-1))
+    def infer(self, summary: torch.Tensor, next_target: torch.Tensor, expected: torch.Tensor | None = None) -> Gaussian:
+        """Posterior over z_t given the past summary h_t and the true next target representation.
+
+        expected: the prior mean's prediction of next_target (same shape), needed when the posterior is shown the
+        innovation next_target - expected (LatentConfig.posterior_input); it is detached, so this path trains
+        neither the prior nor the transition.
+        """
+        shown = next_target
+        if self.config.posterior_input == "innovation":
+            if expected is None:
+                raise ValueError("this model's posterior sees the innovation (model.latent.posterior_input="
+                                 "innovation): pass the prior mean's prediction as `expected`")
+            shown = next_target - expected.detach()
+        posterior = self.posterior(torch.cat([summary, shown], dim=-1))
         if self.config.capacity == "sparse":
             # Deterministic code: the std is meaningless here and is fixed so that shapes stay uniform.
             return Gaussian(project_to_ball(posterior.mean, self.config.max_norm), torch.ones_like(posterior.std))

@@ -3,7 +3,7 @@
 Pieces (see README "Architecture"):
     frames --encoder--> s_t (online)        frames --target encoder (EMA, no grad)--> s̄_t
     s_1..s_t --causal transformer--> h_t
-    z_t ~ q(z | h_t, s̄_{t+1}) in training, ~ p(z | h_t) when sampling
+    z_t ~ q(z | h_t, s̄_{t+1} - ŝ_{t+1}(prior mean)) in training, ~ p(z | h_t) when sampling
     ŝ_{t+1} = s̄_t + f(h_t, z_t)      (residual from the target representation; rollouts start from ŝ_t)
 Energy of a future given a context:
     F(context, future) = Σ_t min_z [ ||ŝ_{t+1}(z) - s̄_{t+1}||² / D + weight * capacity(z) ]
@@ -213,7 +213,8 @@ class WorldModel(nn.Module):
         inputs, current, next_target = online[:, :-1], target[:, :-1], target[:, 1:]
         summary = self.past(inputs, actions)  # (B, T-1, width)
         prior = self.latent.prior(summary)
-        posterior = self.latent.infer(summary, next_target)
+        prior_prediction = self.transition(summary, prior.mean, current)  # (B, T-1, D): what the past predicts
+        posterior = self.latent.infer(summary, next_target, prior_prediction)
         z = self.latent.training_code(posterior)  # (B, T-1, Z)
         prediction = self.transition(summary, z, current)  # (B, T-1, D)
         capacity = self.latent.cost(posterior.mean, posterior.std, prior)  # (B, T-1) nats or |z|_1
@@ -251,7 +252,6 @@ class WorldModel(nn.Module):
             return total, {}
 
         with torch.no_grad():
-            prior_prediction = self.transition(summary, prior.mean, current)
             stds = regularizers.per_dim_std(online)
             metrics = {f"loss/{name}": float(value) for name, value in losses.items()}
             metrics.update(
@@ -273,13 +273,26 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def posterior(
-        self, inputs: torch.Tensor, next_target: torch.Tensor, actions: torch.Tensor | None = None
+        self,
+        inputs: torch.Tensor,
+        next_target: torch.Tensor,
+        actions: torch.Tensor | None = None,
+        *,
+        last_target: torch.Tensor | None = None,
     ) -> Gaussian:
         """q(z | past, next frame) for the step after `inputs`: inputs (B, C, D) online representations,
-        next_target (B, D) the target representation of the next frame; actions (B, C, A) when conditioned."""
+        next_target (B, D) the target representation of the next frame; actions (B, C, A) when conditioned.
+        last_target (B, D), the target representation of the last input frame (the base the prediction starts
+        from), is required by a posterior that sees the innovation (model.latent.posterior_input)."""
         actions = self.prepare_actions(actions, inputs.shape[0], inputs.shape[1])
         summary = self.past(inputs.float(), actions)[:, -1]
-        return self.latent.infer(summary, next_target.float())
+        expected = None
+        if self.config.latent.posterior_input == "innovation":
+            if last_target is None:
+                raise ValueError("this model's posterior sees the innovation (model.latent.posterior_input="
+                                 "innovation): pass last_target, the target representation of the last input frame")
+            expected = self.transition(summary, self.latent.prior(summary).mean, last_target.float())
+        return self.latent.infer(summary, next_target.float(), expected)
 
     # ------------------------------------------------------------------ energy
     def energy_of_representations(
@@ -298,7 +311,7 @@ class WorldModel(nn.Module):
         summary = self.past(inputs[:, :-1].float(), actions)[:, start - 1 :]
         current, next_target = targets[:, start - 1 : -1].float(), targets[:, start:].float()
         prior = self.latent.prior(summary)
-        posterior = self.latent.infer(summary, next_target)
+        posterior = self.latent.infer(summary, next_target, self.transition(summary, prior.mean, current))
 
         def step_distance(z: torch.Tensor) -> torch.Tensor:
             return distance(self.transition(summary.detach(), z, current.detach()), next_target)

@@ -54,7 +54,8 @@ class PastEncoder(nn.Module):
     """(B, T, D) representations [+ (B, T, A) actions] -> (B, T, width) causal summaries h_t.
 
     The action a_t taken after frame t is added to token t, so h_t (and with it the prior, the posterior and the
-    transition to t+1) knows what was done; frames alone cannot tell a pushed cart from a coasting one.
+    transition to t+1) knows what was done; frames alone cannot tell a pushed cart from a coasting one. With
+    `change_inputs`, the change s_t - s_{t-1} is added too (see PredictorConfig.change_inputs).
     """
 
     def __init__(self, config: PredictorConfig, *, dim: int, action_dim: int = 0) -> None:
@@ -62,6 +63,7 @@ class PastEncoder(nn.Module):
         self.max_len = config.max_len
         self.action_dim = action_dim
         self.to_width = nn.Linear(dim, config.width)
+        self.from_change = nn.Linear(dim, config.width) if config.change_inputs else None
         self.from_action = nn.Linear(action_dim, config.width) if action_dim > 0 else None
         self.position = nn.Parameter(torch.zeros(config.max_len, config.width))
         nn.init.normal_(self.position, std=0.02)
@@ -76,6 +78,10 @@ class PastEncoder(nn.Module):
                 "use a shorter context + horizon or a model with a larger max_len"
             )
         x = self.to_width(representations) + self.position[:length]
+        if self.from_change is not None:
+            # (B, T, D): the first input has no predecessor in the sequence, so its change is 0 (as in training).
+            change = representations - torch.cat([representations[:, :1], representations[:, :-1]], dim=1)
+            x = x + self.from_change(change)
         if self.from_action is not None:
             if actions is None or actions.shape[:2] != representations.shape[:2]:
                 shape = None if actions is None else tuple(actions.shape)

@@ -79,6 +79,11 @@ def read_config(directory: Path) -> ModelConfig:
         # Saved before these fields existed: those models read keypoints from the last stage and projected them.
         encoder.setdefault("keypoint_stage", -1)
         encoder.setdefault("keypoint_passthrough", False)
+    for section, key, old in (("predictor", "change_inputs", False), ("latent", "posterior_input", "target")):
+        part = model.get(section) if isinstance(model, dict) else None
+        if isinstance(part, dict):
+            # Saved before this field existed: built the old way.
+            part.setdefault(key, old)
     try:
         return from_dict(ModelConfig, model, path="model")
     except (ConfigError, ValueError) as error:
