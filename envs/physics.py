@@ -228,12 +228,8 @@ class BallsConfig:
         return replace(self, occluder_prob=0.0, wall_prob=0.0)
 
     def bar_columns(self, x: float, width: float) -> tuple[int, int]:
-        """Pixel columns [c0, c1) of a full-height bar centred at x (fractions of the width), rounded like the
-        occluder's and `envs.raster.Wall`'s."""
-        side = self.image_size
-        c0 = int(round((x - 0.5 * width) * side))
-        c1 = int(round((x + 0.5 * width) * side))
-        return max(c0, 0), min(max(c1, c0 + 1), side)
+        """Pixel columns [c0, c1) of a full-height bar centred at x (fractions of the width); see `bar_columns`."""
+        return bar_columns(x, width, self.image_size)
 
     def occluder_columns(self) -> tuple[int, int]:
         """Pixel columns [c0, c1) covered by the occluder bar (empty when the occluder is off)."""
@@ -243,6 +239,14 @@ class BallsConfig:
 
 
 # --------------------------------------------------------------------------------------------------- sampling
+
+
+def bar_columns(x: float, width: float, side: int) -> tuple[int, int]:
+    """Pixel columns [c0, c1) of a full-height bar centred at x, width wide (fractions of the side), at least one
+    column and inside the image: the one rounding every wall and occluder (simulator and VoE painter) shares."""
+    c0 = int(round((x - 0.5 * width) * side))
+    c1 = int(round((x + 0.5 * width) * side))
+    return max(c0, 0), min(max(c1, c0 + 1), side)
 
 
 def sample_initial(config: BallsConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -17,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 
-from envs.physics import BallsConfig, _blend, _coverage
+from envs.physics import BallsConfig, _blend, _coverage, bar_columns
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,7 @@ class Wall:
 
     def columns(self, size: int) -> tuple[int, int]:
         """Pixel columns [c0, c1) the bar covers, rounded the way the occluder's are."""
-        c0 = int(round((self.x - 0.5 * self.width) * size))
-        c1 = int(round((self.x + 0.5 * self.width) * size))
-        return max(c0, 0), min(max(c1, c0 + 1), size)
+        return bar_columns(self.x, self.width, size)
 
     def faces(self, size: int) -> tuple[float, float]:
         """Left and right faces in image fractions, at the painted pixel boundaries (what collisions use)."""
