@@ -213,8 +213,7 @@ class WorldModel(nn.Module):
         inputs, current, next_target = online[:, :-1], target[:, :-1], target[:, 1:]
         summary = self.past(inputs, actions)  # (B, T-1, width)
         prior = self.latent.prior(summary)
-        prior_prediction = self.transition(summary, prior.mean, current)  # (B, T-1, D): what the past predicts
-        posterior = self.latent.infer(summary, next_target, prior_prediction)
+        posterior = self._infer(summary, prior, current, next_target)
         z = self.latent.training_code(posterior)  # (B, T-1, Z)
         prediction = self.transition(summary, z, current)  # (B, T-1, D)
         capacity = self.latent.cost(posterior.mean, posterior.std, prior)  # (B, T-1) nats or |z|_1
@@ -252,6 +251,7 @@ class WorldModel(nn.Module):
             return total, {}
 
         with torch.no_grad():
+            prior_prediction = self.transition(summary, prior.mean, current)
             stds = regularizers.per_dim_std(online)
             metrics = {f"loss/{name}": float(value) for name, value in losses.items()}
             metrics.update(
@@ -284,15 +284,24 @@ class WorldModel(nn.Module):
         next_target (B, D) the target representation of the next frame; actions (B, C, A) when conditioned.
         last_target (B, D), the target representation of the last input frame (the base the prediction starts
         from), is required by a posterior that sees the innovation (model.latent.posterior_input)."""
+        if self.config.latent.posterior_input == "innovation" and last_target is None:
+            raise ValueError("this model's posterior sees the innovation (model.latent.posterior_input="
+                             "innovation): pass last_target, the target representation of the last input frame")
         actions = self.prepare_actions(actions, inputs.shape[0], inputs.shape[1])
         summary = self.past(inputs.float(), actions)[:, -1]
+        current = None if last_target is None else last_target.float()
+        return self._infer(summary, self.latent.prior(summary), current, next_target.float())
+
+    def _infer(self, summary: torch.Tensor, prior: Gaussian, current: torch.Tensor | None,
+               next_target: torch.Tensor) -> Gaussian:
+        """The posterior for the step from `current` (the target representation the prediction starts from) to
+        `next_target`. A posterior that sees the innovation is shown next_target minus the prior mean's prediction;
+        that prediction is only its input, so it is made without gradient (it trains neither prior nor transition)."""
         expected = None
         if self.config.latent.posterior_input == "innovation":
-            if last_target is None:
-                raise ValueError("this model's posterior sees the innovation (model.latent.posterior_input="
-                                 "innovation): pass last_target, the target representation of the last input frame")
-            expected = self.transition(summary, self.latent.prior(summary).mean, last_target.float())
-        return self.latent.infer(summary, next_target.float(), expected)
+            with torch.no_grad():
+                expected = self.transition(summary, prior.mean, current)
+        return self.latent.infer(summary, next_target, expected)
 
     # ------------------------------------------------------------------ energy
     def energy_of_representations(
@@ -311,7 +320,7 @@ class WorldModel(nn.Module):
         summary = self.past(inputs[:, :-1].float(), actions)[:, start - 1 :]
         current, next_target = targets[:, start - 1 : -1].float(), targets[:, start:].float()
         prior = self.latent.prior(summary)
-        posterior = self.latent.infer(summary, next_target, self.transition(summary, prior.mean, current))
+        posterior = self._infer(summary, prior, current, next_target)
 
         def step_distance(z: torch.Tensor) -> torch.Tensor:
             return distance(self.transition(summary.detach(), z, current.detach()), next_target)
