@@ -1,7 +1,7 @@
 """Analysis subcommands of the `worldmodel` command line (registered by training/cli.py via `add_analysis_parsers`):
 
     worldmodel futures  --checkpoint DIR [--scenes 128 --samples 20 --horizon 10] [--compare DIR ...]
-    worldmodel probe    --checkpoint DIR [--clips 256 --ood-clips 64 --hidden-clips 192 --contact-clips 256]
+    worldmodel probe    --checkpoint DIR [--clips 1024 --ood-clips 64 --hidden-clips 192 --contact-clips 256]
     worldmodel surprise --checkpoint DIR [--pairs 256 --controls 5 --properties permanence,continuity,...]
     worldmodel report   --checkpoint DIR [all of the sizes above] [--skip probe,...]
 
@@ -61,12 +61,14 @@ def _futures_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenes", type=_positive, default=128, help="fork scenes per family")
     parser.add_argument("--samples", type=_positive, default=20, help="prior samples per scene (>= 20 for N=20)")
     parser.add_argument("--horizon", type=_positive, default=10, help="future frames")
-    parser.add_argument("--probe-clips", type=_positive, default=160, help="clips the frozen position probe is fit on")
+    parser.add_argument("--probe-clips", type=_positive, default=640,
+                        help="clips the frozen position probe is fit on")
     parser.add_argument("--compare", nargs="*", default=[], help="other checkpoints for the capacity trade-off curve")
 
 
 def _probe_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--clips", type=_positive, default=256, help="in-distribution clips (train/val/test by clip)")
+    parser.add_argument("--clips", type=_positive, default=1024,
+                        help="in-distribution clips (train/val/test by clip)")
     parser.add_argument("--ood-clips", type=_positive, default=64, help="out-of-distribution test clips")
     parser.add_argument("--hidden-clips", type=_positive, default=192, help="clips with a wide occluder")
     parser.add_argument("--contact-clips", type=_positive, default=256, help="clips for the contact readout")

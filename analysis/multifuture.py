@@ -56,8 +56,9 @@ class FuturesConfig:
     """Future frames; the targets are read at the last one."""
     kick: float = 0.0
     """Velocity change at the fork; 0: the simulator's kick_strength (an in-distribution kick)."""
-    probe_clips: int = 160
-    """Ordinary simulator clips the frozen position probe is fitted on."""
+    probe_clips: int = 640
+    """Ordinary simulator clips the frozen position probe is fitted on. Its readout decides every hit: with 160
+    clips it put the true futures of bounce scenes in the right way 91% of the time, with 640 98%."""
     wrong_futures: int = 15
     """Futures from other scenes that the true one is ranked against."""
     seed: int = 30_000

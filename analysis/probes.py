@@ -58,8 +58,11 @@ exactly touching)."""
 class ProbeConfig:
     """Sizes and settings of the probe suite."""
 
-    clips: int = 256
-    """In-distribution clips (split by clip into train / val / test)."""
+    clips: int = 1024
+    """In-distribution clips (split by clip into train / val / test). Frames of one clip are strongly correlated,
+    so a probe learns from about as many independent samples as it has clips: with 256 (154 to train on) a ridge
+    position probe of a 2,500-step small model scored R2 0.993 on its training clips and 0.916 on test ones, with
+    1024 0.981 and 0.972 (velocity 0.812 -> 0.919), on the same representations."""
     ood_clips: int = 64
     """Out-of-distribution test clips (speeds and radii above the training ranges)."""
     hidden_clips: int = 192

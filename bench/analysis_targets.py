@@ -53,7 +53,7 @@ def main() -> int:
     parser.add_argument("--out", default="runs/analysis-bench")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--scenes", type=int, default=128)
-    parser.add_argument("--clips", type=int, default=256)
+    parser.add_argument("--clips", type=int, default=ProbeConfig.clips)
     parser.add_argument("--pairs", type=int, default=256)
     parser.add_argument("--controls", type=int, default=5)
     parser.add_argument("--mlp-epochs", type=int, default=150)

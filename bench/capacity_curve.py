@@ -3,6 +3,7 @@
     python bench/capacity_curve.py                                  # debug preset, free bits 0 / 0.1 / 0.5 / 2
     python bench/capacity_curve.py --free-bits 0.5 --sparse-l1 0.001,0.01   # plus two sparse (L1) settings
     python bench/capacity_curve.py --free-bits 0,1 --steps 100      # quicker
+    python bench/capacity_curve.py --free-bits "" --kl-weight 0.05,0.005,0.0005   # the KL's price instead of its floor
     python bench/capacity_curve.py --preset small --steps 2500 --free-bits 0.1,0.5,2   # the real thing (hours on CPU)
 
 Every run trains on rough walls (`data.balls.bounce_kick_prob=1`, unless overridden): every bounce off the border
@@ -30,6 +31,8 @@ def main() -> int:
     parser.add_argument("--preset", default="debug")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--free-bits", default="0,0.1,0.5,2", help="comma-separated model.latent.free_bits values")
+    parser.add_argument("--kl-weight", default="", help="comma-separated model.latent.kl_weight values of kl runs "
+                        "(at the preset's free bits)")
     parser.add_argument("--sparse-l1", default="", help="comma-separated model.latent.l1_weight values of sparse runs")
     parser.add_argument("--scenes", type=int, default=64, help="bounce fork scenes per setting")
     parser.add_argument("--out", default="runs/capacity-curve")
@@ -50,6 +53,8 @@ def main() -> int:
     settings = []  # (run name, overrides) per point of the curve
     for flag, values, name, keys in (("--free-bits", args.free_bits, "free_bits", ("model.latent.capacity=kl",
                                                                                  "model.latent.free_bits")),
+                                     ("--kl-weight", args.kl_weight, "kl_weight", ("model.latent.capacity=kl",
+                                                                                "model.latent.kl_weight")),
                                      ("--sparse-l1", args.sparse_l1, "sparse_l1", ("model.latent.capacity=sparse",
                                                                                 "model.latent.l1_weight"))):
         try:
@@ -58,7 +63,7 @@ def main() -> int:
             parser.error(f"{flag} must be comma-separated numbers, got {values!r}")
         settings += [(f"{name}_{v:g}", [keys[0], f"{keys[1]}={v}"]) for v in numbers]
     if not settings:
-        parser.error("--free-bits and --sparse-l1 are both empty")
+        parser.error("--free-bits, --kl-weight and --sparse-l1 are all empty")
     out = Path(args.out)
     overrides = ["data.balls.bounce_kick_prob=1.0", *args.overrides]
     points = []
