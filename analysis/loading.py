@@ -1,19 +1,21 @@
 """Finding and loading what a run wrote, from the files alone (analysis never touches trainer state).
 
 `--checkpoint DIR` may be any of: a saved model directory (config.json + model.safetensors), a run's output
-directory (uses <run>/model, else its newest complete checkpoint), or one checkpoint folder (<run>/checkpoints/
-step-N, uses its model/).
+directory (uses <run>/model, else its newest complete checkpoint; the checkpoint also when it records a later
+training step than model/, as after resuming a finished run and stopping it early), or one checkpoint folder
+(<run>/checkpoints/step-N, uses its model/).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from envs.physics import BallsConfig
 from worldmodel.config_io import from_dict, load_yaml
 from worldmodel.model import WorldModel
-from worldmodel.serialization import CONFIG_FILE, WEIGHTS_FILE, CheckpointError
+from worldmodel.serialization import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, read_training_step
 
 
 def _is_model_dir(path: Path) -> bool:
@@ -34,9 +36,19 @@ def resolve_model_dir(path: str | Path) -> Path:
         raise CheckpointError(f"{path}: does not exist; expected a model, run or checkpoint directory")
     if _is_model_dir(path):
         return path
-    if _is_model_dir(path / "model"):
-        return path / "model"
     steps = sorted(p for p in (path / "checkpoints").glob("step-*") if p.is_dir() and _complete(p))
+    if _is_model_dir(path / "model"):
+        final = path / "model"
+        newest = steps[-1] / "model" if steps else None
+        final_step = read_training_step(final)
+        newest_step = read_training_step(newest) if newest is not None else None
+        # A run resumed past its final model and stopped early: model/ is from the earlier finish, the newest
+        # checkpoint is further on. Without recorded steps (older saves) model/ wins, as it always did.
+        if final_step is not None and newest_step is not None and newest_step > final_step:
+            print(f"{path}: using {newest.parent.name} (step {newest_step}), newer than model/ (step {final_step})",
+                  file=sys.stderr)
+            return newest
+        return final
     if steps:
         return steps[-1] / "model"
     raise CheckpointError(

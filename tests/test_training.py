@@ -19,6 +19,7 @@ from training.data import ResumableBatchSampler
 from training.optim import lr_factor
 from training.trainer import train
 from worldmodel import CheckpointError, WorldModel
+from worldmodel.serialization import read_training_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,6 +135,9 @@ def test_resume_continues_exactly(tmp_path):
     a = WorldModel.load(straight.model_dir).state_dict()
     b = WorldModel.load(resumed.model_dir).state_dict()
     assert all(torch.equal(a[name], b[name]) for name in a)
+    # The final model and every checkpoint record their step, so analysis can tell a stale model/ from a newer one.
+    assert read_training_step(resumed.model_dir) == 20
+    assert read_training_step(resumed.out_dir / "checkpoints" / "step-000000010" / "model") == 10
 
 
 def test_incomplete_and_corrupt_checkpoints(tmp_path):

@@ -149,7 +149,7 @@ def save_checkpoint(
     shutil.rmtree(temporary, ignore_errors=True)
     (temporary / "model").mkdir(parents=True)
 
-    write_model_files(model, temporary / "model")
+    write_model_files(model, temporary / "model", step=step)
     torch.save(
         {
             "format": STATE_FORMAT,

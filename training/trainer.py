@@ -745,7 +745,7 @@ def _finish(setup: TrainingSetup, datasets, result: TrainResult, tracker) -> Tra
         if config.run.eval_batches > 0:
             result.val_metrics = evaluate(model, datasets.val, config, setup.device)
             tracker.log_metrics(result.val_metrics, step=result.steps)
-        model.save(result.model_dir)
+        model.save(result.model_dir, step=result.steps)
         tracker.log_artifact(result.model_dir, artifact_path="model")
         if config.run.sample_video:
             result.video = _sample_video(model, datasets.val, config, result.out_dir / "samples")

@@ -396,11 +396,12 @@ class WorldModel(nn.Module):
         )
 
     # ------------------------------------------------------------------ persistence
-    def save(self, directory: str | Path) -> Path:
-        """Write config.json + model.safetensors into `directory` (atomically, see worldmodel.serialization)."""
+    def save(self, directory: str | Path, *, step: int | None = None) -> Path:
+        """Write config.json + model.safetensors into `directory` (atomically, see worldmodel.serialization);
+        step, if given, is recorded as the model's training step."""
         from .serialization import save_model
 
-        return save_model(self, directory)
+        return save_model(self, directory, step=step)
 
     @classmethod
     def load(cls, directory: str | Path, *, map_location: str | torch.device = "cpu") -> "WorldModel":

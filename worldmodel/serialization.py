@@ -42,25 +42,38 @@ def replace_directory(temporary: Path, final: Path) -> None:
         os.replace(temporary, final)
 
 
-def write_model_files(model: "WorldModel", directory: Path) -> None:
-    """Write config + weights into an existing directory (no atomicity; callers rename the directory)."""
+def write_model_files(model: "WorldModel", directory: Path, *, step: int | None = None) -> None:
+    """Write config + weights into an existing directory (no atomicity; callers rename the directory). step: the
+    optimizer steps the weights have had, recorded in config.json as `training_step` (see `read_training_step`)."""
     from safetensors.torch import save_file
 
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "worldmodel", "version": FORMAT_VERSION})
+    payload: dict[str, object] = {"format_version": FORMAT_VERSION, "model": to_dict(model.config)}
+    if step is not None:
+        payload["training_step"] = int(step)
     with open(directory / CONFIG_FILE, "w") as handle:
-        json.dump({"format_version": FORMAT_VERSION, "model": to_dict(model.config)}, handle, indent=2)
+        json.dump(payload, handle, indent=2)
 
 
-def save_model(model: "WorldModel", directory: str | Path) -> Path:
+def save_model(model: "WorldModel", directory: str | Path, *, step: int | None = None) -> Path:
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     temporary = directory.with_name(directory.name + f".tmp-{os.getpid()}")
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir()
-    write_model_files(model, temporary)
+    write_model_files(model, temporary, step=step)
     replace_directory(temporary, directory)
     return directory
+
+
+def read_training_step(directory: Path) -> int | None:
+    """The `training_step` a saved model records, or None (saved without one, or unreadable: the caller decides)."""
+    try:
+        step = json.loads((Path(directory) / CONFIG_FILE).read_text()).get("training_step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def read_config(directory: Path) -> ModelConfig:
