@@ -345,6 +345,8 @@ def capacity_point(model: WorldModel, balls: BallsConfig, *, window: int, clips:
         "kl_weight": latent.kl_weight,
         "l1_weight": latent.l1_weight,
         "latent_dim": latent.dim,
+        "distribution": latent.distribution if latent.capacity == "kl" else None,
+        "best_of_weight": model.config.best_of_weight,
         "capacity_used": metrics["latent/capacity"],
         "posterior_error": metrics["error/prediction"],
         "prior_mean_error": metrics["error/prior_mean_prediction"],

@@ -80,7 +80,14 @@ class LatentConfig:
     capacity: Literal["kl", "sparse"] = "kl"
     """Which capacity regime limits z (see the class docstring)."""
     dim: int = 8
-    """Size of z_t."""
+    """Size of z_t: its dimensions (Gaussian), or its number of categorical groups (categorical)."""
+    distribution: Literal["gaussian", "categorical"] = "gaussian"
+    """kl: the family of z. `gaussian`: a diagonal Gaussian of `dim` dimensions. `categorical`: `dim` groups of
+    one-hot codes over `classes` values each (z has dim * classes entries, trained with straight-through gradients):
+    a fork that goes one of k ways is one class drawn, so prior samples land on a way, never between ways (a
+    Gaussian z must be bent into a step by the transition first; until then its samples fill the gap)."""
+    classes: int = 8
+    """categorical: values each group of z can take."""
     hidden: int = 192
     """Hidden size of the prior/posterior MLPs."""
     free_bits: float = 0.5
@@ -100,6 +107,17 @@ class LatentConfig:
     representation minus the prior mean's prediction of it (what the past did not predict, the only thing z
     should carry), so the posterior need not first learn to subtract the predictable part. `target`: the next
     target representation itself (saved models that predate this field were built so, and load as such)."""
+
+
+    @property
+    def categorical(self) -> bool:
+        """z is categorical (only under the kl capacity)."""
+        return self.capacity == "kl" and self.distribution == "categorical"
+
+    @property
+    def code_size(self) -> int:
+        """Entries of one step's z as the transition sees it: dim, or dim * classes when categorical."""
+        return self.dim * self.classes if self.categorical else self.dim
 
 
 @dataclass
@@ -147,6 +165,15 @@ class ModelConfig:
     """Weight of the teacher-forced one-step prediction error."""
     rollout_weight: float = 0.5
     """Weight of the open-loop prediction error (predictions fed back as inputs) after `context_frames`."""
+    best_of_weight: float = 0.0
+    """Weight of the best-of-N open-loop error with z drawn from the prior: `best_of_samples` rollouts from the
+    context, each step's z sampled from p(z | h_t) (reparameterised), and only the closest one to the true future
+    is penalised (the multiple-choice / best-of-many objective, Bhattacharyya et al. 2018). The posterior path
+    alone teaches the prior to match posterior codes that carry little at a fork (the KL is cheaper to save than
+    the fork's small one-step error); this term asks directly that some prior sample land on every future that
+    happens, which is what best-of-N error and mode coverage measure. 0 disables it."""
+    best_of_samples: int = 8
+    """N, the prior samples per training window of that term (it costs N extra rollouts of the predictor)."""
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     """Frame encoder."""
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
@@ -203,10 +230,21 @@ class ModelConfig:
             )
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"model.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.best_of_weight < 0 or self.best_of_samples < 1:
+            raise ValueError(f"model.best_of_weight must be >= 0 and model.best_of_samples >= 1, got "
+                             f"{self.best_of_weight}, {self.best_of_samples}")
         if self.action_dim < 0:
             raise ValueError(f"model.action_dim must be >= 0, got {self.action_dim}")
         if self.latent.dim < 1:
             raise ValueError(f"model.latent.dim must be >= 1, got {self.latent.dim}")
+        if self.latent.distribution not in ("gaussian", "categorical"):
+            raise ValueError(f"model.latent.distribution must be 'gaussian' or 'categorical', got "
+                             f"{self.latent.distribution!r}")
+        if self.latent.categorical and self.latent.classes < 2:
+            raise ValueError(f"model.latent.classes must be >= 2 for a categorical z, got {self.latent.classes}")
+        if self.latent.categorical and self.latent.infer_steps > 0:
+            raise ValueError("model.latent.infer_steps must be 0 with model.latent.distribution=categorical (a "
+                             "one-hot code has no gradient steps to refine it)")
         if self.latent.capacity == "sparse" and self.latent.max_norm <= 0:
             raise ValueError(f"model.latent.max_norm must be > 0, got {self.latent.max_norm}")
         if self.latent.free_bits < 0:

@@ -6,6 +6,9 @@ what the prior mean predicts), so without a capacity limit it could simply copy 
 cost is what stops that leak:
 - `kl`:     cost = KL(q(z | h_t, s_{t+1}) || p(z | h_t)) in nats, floored per step at `free_bits`.
 - `sparse`: cost = l1_weight * |z|_1 with z projected into an L2 ball of radius max_norm.
+Under `kl`, z is either Gaussian or categorical (LatentConfig.distribution): `dim` groups of one-hot codes over
+`classes` values each, flattened, as in DreamerV2 (Hafner et al. 2021). A fork that goes one of k ways is then one
+draw of a class, and a prior sample lands on one way, never between two.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from .config import LatentConfig
@@ -36,10 +40,64 @@ class Gaussian:
     def rsample(self) -> torch.Tensor:
         return self.mean + self.std * torch.randn_like(self.mean)
 
+    @property
+    def code(self) -> torch.Tensor:
+        """The single most likely z (the mean): what a deterministic prediction and the energy use."""
+        return self.mean
+
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """Sum over the last axis: (...,)."""
         normalized = (value - self.mean) / self.std
         return (-0.5 * normalized**2 - self.std.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+UNIFORM_MIX = 0.01
+"""Categorical probabilities are mixed with this much of the uniform distribution (DreamerV3's 'unimix'), so no
+class has probability 0 and every KL stays finite."""
+
+
+@dataclass
+class Categorical:
+    """`groups` independent categoricals over `classes` values; codes are one-hot per group, flattened to (..., G*K).
+
+    It answers to the same names as `Gaussian` where the model uses them: `mean` is the expected code (the class
+    probabilities, flattened; the KL reads it), `code` the most likely one-hot code (the transition only ever sees
+    one-hot codes, so deterministic predictions and the energy use this, not the mean), `std` a placeholder of the
+    same shape, `sample` draws one-hot codes and `rsample` draws them with straight-through gradients (the one-hot
+    forward, the probabilities' gradient backward).
+    """
+
+    probs: torch.Tensor  # (..., G, K), each row sums to 1
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.probs.flatten(-2)
+
+    @property
+    def std(self) -> torch.Tensor:
+        return torch.ones_like(self.mean)
+
+    @property
+    def code(self) -> torch.Tensor:
+        return F.one_hot(self.probs.argmax(-1), self.probs.shape[-1]).to(self.probs.dtype).flatten(-2)
+
+    def _one_hot(self, generator: torch.Generator | None) -> torch.Tensor:
+        flat = self.probs.reshape(-1, self.probs.shape[-1]).float()  # (N*G, K)
+        index = torch.multinomial(flat, 1, generator=generator).squeeze(-1)
+        return F.one_hot(index, self.probs.shape[-1]).to(self.probs.dtype).reshape(self.probs.shape)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self._one_hot(generator).flatten(-2)
+
+    def rsample(self) -> torch.Tensor:
+        hard = self._one_hot(None)
+        return (hard + self.probs - self.probs.detach()).flatten(-2)
+
+
+def categorical_kl(q_probs: torch.Tensor, p: Categorical) -> torch.Tensor:
+    """KL(q || p) in nats, summed over groups: q_probs (..., G*K) flattened codes or probabilities -> (...,)."""
+    q = q_probs.reshape(p.probs.shape).clamp(min=1e-8)
+    return (q * (q.log() - p.probs.clamp(min=1e-8).log())).sum((-2, -1))
 
 
 def gaussian_kl(q: Gaussian, p: Gaussian) -> torch.Tensor:
@@ -76,14 +134,35 @@ class GaussianHead(nn.Module):
         return Gaussian(mean, log_std.exp())
 
 
+class CategoricalHead(nn.Module):
+    """MLP -> `groups` categoricals over `classes` values, mixed with a little of the uniform (UNIFORM_MIX)."""
+
+    def __init__(self, in_features: int, groups: int, classes: int, hidden: int) -> None:
+        super().__init__()
+        self.groups, self.classes = groups, classes
+        self.net = nn.Sequential(
+            nn.Linear(in_features, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+            nn.Linear(hidden, groups * classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> Categorical:
+        logits = rearrange(self.net(x), "... (g k) -> ... g k", g=self.groups)
+        probs = (1 - UNIFORM_MIX) * logits.float().softmax(-1) + UNIFORM_MIX / self.classes
+        return Categorical(probs.to(x.dtype))
+
+
 class Latent(nn.Module):
     """Prior p(z_t | h_t) and posterior q(z_t | h_t, s_{t+1}) for one capacity regime."""
 
     def __init__(self, config: LatentConfig, *, width: int, dim: int) -> None:
         super().__init__()
         self.config = config
-        self.prior = GaussianHead(width, config.dim, config.hidden)
-        self.posterior = GaussianHead(width + dim, config.dim, config.hidden)
+        if config.categorical:
+            self.prior = CategoricalHead(width, config.dim, config.classes, config.hidden)
+            self.posterior = CategoricalHead(width + dim, config.dim, config.classes, config.hidden)
+        else:
+            self.prior = GaussianHead(width, config.dim, config.hidden)
+            self.posterior = GaussianHead(width + dim, config.dim, config.hidden)
 
     def infer(self, summary: torch.Tensor, next_target: torch.Tensor, expected: torch.Tensor | None = None) -> Gaussian:
         """Posterior over z_t given the past summary h_t and the true next target representation.
@@ -110,6 +189,8 @@ class Latent(nn.Module):
 
     def cost(self, z_mean: torch.Tensor, posterior_std: torch.Tensor, prior: Gaussian) -> torch.Tensor:
         """Unweighted capacity in natural units per step (..., ): nats of KL, or |z|_1."""
+        if self.config.categorical:
+            return categorical_kl(z_mean, prior)
         if self.config.capacity == "kl":
             return gaussian_kl(Gaussian(z_mean, posterior_std), prior)
         return z_mean.abs().sum(-1)
@@ -130,8 +211,8 @@ class Latent(nn.Module):
             return prior.mean.new_zeros(())
         return -prior.log_prob(posterior.mean.detach()).mean() / self.config.dim
 
-    def sample_prior(self, prior: Gaussian, *, generator: torch.Generator | None, deterministic: bool) -> torch.Tensor:
-        z = prior.mean if deterministic else prior.sample(generator)
+    def sample_prior(self, prior: Gaussian | Categorical, *, generator: torch.Generator | None, deterministic: bool) -> torch.Tensor:
+        z = prior.code if deterministic else prior.sample(generator)
         if self.config.capacity == "sparse":
             z = project_to_ball(z, self.config.max_norm)
         return z

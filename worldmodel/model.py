@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from einops import rearrange
 from torch import nn
 
 from . import regularizers
@@ -36,7 +37,8 @@ class SampledFutures:
 
     representations: (B, N, H, D) predicted target-space representations of the H future frames.
     energies:        (B, N) energy of each sampled trajectory (lower = more plausible); see `WorldModel.sample_futures`.
-    latents:         (B, N, H, Z) the z used at each step.
+    latents:         (B, N, H, Z) the z used at each step (Z = model.latent.dim, or dim * classes one-hot entries
+                     for a categorical z).
     """
 
     representations: torch.Tensor
@@ -46,6 +48,11 @@ class SampledFutures:
     def ranking(self) -> torch.Tensor:
         """(B, N) sample indices ordered from lowest to highest energy."""
         return self.energies.argsort(dim=-1)
+
+
+def total_zero(like: torch.Tensor) -> torch.Tensor:
+    """A scalar 0 on like's device, for loss terms that are switched off."""
+    return like.new_zeros((), dtype=torch.float32)
 
 
 def distance(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -58,7 +65,7 @@ class WorldModel(nn.Module):
 
     # The loss terms and the config weight that scales each; `loss` asserts it produced exactly these.
     LOSS_TERMS = (
-        "prediction", "rollout", "capacity", "prior_fit", "variance", "covariance", "temporal", "reconstruction"
+        "prediction", "rollout", "best_of_prior", "capacity", "prior_fit", "variance", "covariance", "temporal", "reconstruction"
     )
 
     def __init__(self, config: ModelConfig) -> None:
@@ -74,7 +81,7 @@ class WorldModel(nn.Module):
         self.past = PastEncoder(config.predictor, dim=dim, action_dim=config.action_dim)
         self.latent = Latent(config.latent, width=config.predictor.width, dim=dim)
         self.transition = TransitionHead(
-            width=config.predictor.width, latent_dim=config.latent.dim, dim=dim, hidden=config.latent.hidden
+            width=config.predictor.width, latent_dim=config.latent.code_size, dim=dim, hidden=config.latent.hidden
         )
         self.decoder = PixelDecoder(config.decoder, dim=dim, image_size=config.image_size)
 
@@ -207,7 +214,53 @@ class WorldModel(nn.Module):
             )
         online = self.encode(frames)  # (B, T, D)
         target = self.encode_target(frames)  # (B, T, D), no grad
+        losses, metrics = self.predictive_losses(online, target, actions, telemetry=telemetry)
+        losses.update({
+            "variance": regularizers.variance_loss(online, config.regularizer.target_std),
+            "covariance": regularizers.covariance_loss(online),
+            "temporal": regularizers.temporal_loss(online),
+            # Detached: the decoder learns to render representations, it never shapes them.
+            "reconstruction": (self.decode(target.detach()) - frames).pow(2).mean(),
+        })
+        weights = {
+            "prediction": config.prediction_weight,
+            "rollout": config.rollout_weight,
+            "best_of_prior": config.best_of_weight,
+            "capacity": 1.0,  # the capacity term carries its own kl_weight / l1_weight
+            "prior_fit": 1.0,
+            "variance": config.regularizer.variance_weight,
+            "covariance": config.regularizer.covariance_weight,
+            "temporal": config.regularizer.temporal_weight,
+            "reconstruction": config.decoder.weight,
+        }
+        assert losses.keys() == weights.keys() == set(self.LOSS_TERMS), "loss terms and weights must match"
+        total = sum(weights[name] * value for name, value in losses.items())
+        if not telemetry:
+            return total, {}
 
+        with torch.no_grad():
+            stds = regularizers.per_dim_std(online)
+            metrics.update({f"loss/{name}": float(value) for name, value in losses.items()})
+            metrics.update(
+                {
+                    "loss/total": float(total),
+                    "collapse/effective_rank": regularizers.effective_rank(online),
+                    "collapse/std_mean": float(stds.mean()),
+                    "collapse/std_min": float(stds.min()),
+                }
+            )
+        return total, metrics
+
+    def predictive_losses(
+        self, online: torch.Tensor, target: torch.Tensor, actions: torch.Tensor | None = None, *,
+        telemetry: bool = False,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """The terms of the loss that train the predictor and z, from representations: online (B, T, D) (what the
+        predictor reads) and target (B, T, D) (what it predicts), T > context_frames; actions (B, T-1, A) or None.
+
+        Returns ({prediction, rollout, best_of_prior, capacity, prior_fit} unweighted, telemetry floats: errors
+        and capacity used; empty unless telemetry)."""
+        config, context, length = self.config, self.config.context_frames, online.shape[1]
         # Predict s̄_{t+1} from s_{<=t}; the residual starts from s̄_t, so predictions live in target space and
         # the encoder is shaped only through the summary h_t (the JEPA way: no gradient through targets).
         inputs, current, next_target = online[:, :-1], target[:, :-1], target[:, 1:]
@@ -223,53 +276,42 @@ class WorldModel(nn.Module):
             online[:, :context], target[:, context - 1], length - context, latents=z[:, context - 1 :],
             actions=actions,
         )
-
-        weights = {
-            "prediction": config.prediction_weight,
-            "rollout": config.rollout_weight,
-            "capacity": 1.0,  # the capacity term carries its own kl_weight / l1_weight
-            "prior_fit": 1.0,
-            "variance": config.regularizer.variance_weight,
-            "covariance": config.regularizer.covariance_weight,
-            "temporal": config.regularizer.temporal_weight,
-            "reconstruction": config.decoder.weight,
-        }
         losses = {
             "prediction": distance(prediction, next_target).mean(),
             "rollout": distance(rolled, target[:, context:]).mean(),
+            "best_of_prior": self._best_of_prior(online, target, actions) if config.best_of_weight > 0
+            else total_zero(online),
             "capacity": self.latent.capacity_loss(capacity),
             "prior_fit": self.latent.prior_fit_loss(prior, posterior),
-            "variance": regularizers.variance_loss(online, config.regularizer.target_std),
-            "covariance": regularizers.covariance_loss(online),
-            "temporal": regularizers.temporal_loss(online),
-            # Detached: the decoder learns to render representations, it never shapes them.
-            "reconstruction": (self.decode(target.detach()) - frames).pow(2).mean(),
         }
-        assert losses.keys() == weights.keys() == set(self.LOSS_TERMS), "loss terms and weights must match"
-        total = sum(weights[name] * value for name, value in losses.items())
         if not telemetry:
-            return total, {}
-
+            return losses, {}
         with torch.no_grad():
-            prior_prediction = self.transition(summary, prior.mean, current)
-            stds = regularizers.per_dim_std(online)
-            metrics = {f"loss/{name}": float(value) for name, value in losses.items()}
-            metrics.update(
-                {
-                    "loss/total": float(total),
-                    "error/prediction": float(distance(prediction, next_target).mean()),
-                    "error/prior_mean_prediction": float(distance(prior_prediction, next_target).mean()),
-                    "error/copy_last": float(distance(target[:, :-1], next_target).mean()),
-                    "error/rollout": float(losses["rollout"]),
-                    "latent/capacity": float(capacity.mean()),
-                    "collapse/effective_rank": regularizers.effective_rank(online),
-                    "collapse/std_mean": float(stds.mean()),
-                    "collapse/std_min": float(stds.min()),
-                }
-            )
+            prior_prediction = self.transition(summary, prior.code, current)
+            metrics = {
+                "error/prediction": float(distance(prediction, next_target).mean()),
+                "error/prior_mean_prediction": float(distance(prior_prediction, next_target).mean()),
+                "error/copy_last": float(distance(current, next_target).mean()),
+                "error/rollout": float(losses["rollout"]),
+                "latent/capacity": float(capacity.mean()),
+            }
             if config.latent.capacity == "kl":
                 metrics["latent/kl_nats"] = metrics["latent/capacity"]
-        return total, metrics
+        return losses, metrics
+
+    def _best_of_prior(self, online: torch.Tensor, target: torch.Tensor, actions: torch.Tensor | None) -> torch.Tensor:
+        """Mean over windows of the smallest open-loop error among `best_of_samples` rollouts with prior z's.
+
+        online, target: (B, T, D); only the sample closest to the true future gets a gradient, so the prior and
+        the transition learn to put some sample on each way the future can go, not the average of the ways."""
+        samples, context = self.config.best_of_samples, self.config.context_frames
+        repeat = lambda x: x.repeat_interleave(samples, dim=0)  # noqa: E731  (B, ...) -> (B*N, ...)
+        sampled, _ = self.rollout(
+            repeat(online[:, :context]), repeat(target[:, context - 1]), online.shape[1] - context,
+            actions=None if actions is None else repeat(actions),
+        )  # (B*N, T - C, D), z ~ p(z | h) at each step, reparameterised
+        errors = distance(sampled, repeat(target[:, context:])).mean(-1)  # (B*N,)
+        return rearrange(errors, "(b n) -> b n", n=samples).min(dim=-1).values.mean()
 
     @torch.no_grad()
     def posterior(
@@ -300,7 +342,7 @@ class WorldModel(nn.Module):
         expected = None
         if self.config.latent.posterior_input == "innovation":
             with torch.no_grad():
-                expected = self.transition(summary, prior.mean, current)
+                expected = self.transition(summary, prior.code, current)
         return self.latent.infer(summary, next_target, expected)
 
     # ------------------------------------------------------------------ energy
@@ -325,7 +367,7 @@ class WorldModel(nn.Module):
         def step_distance(z: torch.Tensor) -> torch.Tensor:
             return distance(self.transition(summary.detach(), z, current.detach()), next_target)
 
-        z = self.latent.refine(posterior.mean, posterior.std, prior, step_distance)
+        z = self.latent.refine(posterior.code, posterior.std, prior, step_distance)
         capacity = self.latent.cost(z, posterior.std, prior)
         return step_distance(z) + self.latent.cost_weight * capacity
 
