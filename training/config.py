@@ -266,7 +266,6 @@ def small() -> TrainConfig:
         model=ModelConfig(
             image_size=64,
             context_frames=4,
-            best_of_weight=4.0,  # rough walls fork at every bounce: ask that some prior sample take each way
             encoder=EncoderConfig(channels=(16, 32, 64, 64), dim=64, groups=8, keypoints=16),
             predictor=PredictorConfig(width=96, depth=2, heads=4, max_len=16),
             latent=LatentConfig(dim=6, hidden=96),
@@ -284,7 +283,6 @@ def base() -> TrainConfig:
         model=ModelConfig(
             image_size=64,
             context_frames=8,
-            best_of_weight=4.0,
             encoder=EncoderConfig(channels=(64, 128, 256, 256), dim=256, groups=16),
             predictor=PredictorConfig(width=384, depth=6, heads=6, max_len=32),
             latent=LatentConfig(dim=16, hidden=384),

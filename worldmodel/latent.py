@@ -211,7 +211,8 @@ class Latent(nn.Module):
             return prior.mean.new_zeros(())
         return -prior.log_prob(posterior.mean.detach()).mean() / self.config.dim
 
-    def sample_prior(self, prior: Gaussian | Categorical, *, generator: torch.Generator | None, deterministic: bool) -> torch.Tensor:
+    def sample_prior(self, prior: Gaussian | Categorical, *, generator: torch.Generator | None,
+                     deterministic: bool) -> torch.Tensor:
         z = prior.code if deterministic else prior.sample(generator)
         if self.config.capacity == "sparse":
             z = project_to_ball(z, self.config.max_norm)

@@ -50,7 +50,7 @@ class SampledFutures:
         return self.energies.argsort(dim=-1)
 
 
-def total_zero(like: torch.Tensor) -> torch.Tensor:
+def zero_loss(like: torch.Tensor) -> torch.Tensor:
     """A scalar 0 on like's device, for loss terms that are switched off."""
     return like.new_zeros((), dtype=torch.float32)
 
@@ -65,7 +65,8 @@ class WorldModel(nn.Module):
 
     # The loss terms and the config weight that scales each; `loss` asserts it produced exactly these.
     LOSS_TERMS = (
-        "prediction", "rollout", "best_of_prior", "capacity", "prior_fit", "variance", "covariance", "temporal", "reconstruction"
+        "prediction", "rollout", "best_of_prior", "capacity", "prior_fit", "variance", "covariance", "temporal",
+        "reconstruction",
     )
 
     def __init__(self, config: ModelConfig) -> None:
@@ -280,7 +281,7 @@ class WorldModel(nn.Module):
             "prediction": distance(prediction, next_target).mean(),
             "rollout": distance(rolled, target[:, context:]).mean(),
             "best_of_prior": self._best_of_prior(online, target, actions) if config.best_of_weight > 0
-            else total_zero(online),
+            else zero_loss(online),
             "capacity": self.latent.capacity_loss(capacity),
             "prior_fit": self.latent.prior_fit_loss(prior, posterior),
         }
