@@ -109,7 +109,6 @@ class LatentConfig:
     should carry), so the posterior need not first learn to subtract the predictable part. `target`: the next
     target representation itself (saved models that predate this field were built so, and load as such)."""
 
-
     @property
     def categorical(self) -> bool:
         """z is categorical (only under the kl capacity)."""
@@ -239,9 +238,6 @@ class ModelConfig:
             raise ValueError(f"model.action_dim must be >= 0, got {self.action_dim}")
         if self.latent.dim < 1:
             raise ValueError(f"model.latent.dim must be >= 1, got {self.latent.dim}")
-        if self.latent.distribution not in ("gaussian", "categorical"):
-            raise ValueError(f"model.latent.distribution must be 'gaussian' or 'categorical', got "
-                             f"{self.latent.distribution!r}")
         if self.latent.categorical and self.latent.classes < 2:
             raise ValueError(f"model.latent.classes must be >= 2 for a categorical z, got {self.latent.classes}")
         if self.latent.categorical and self.latent.infer_steps > 0:

@@ -77,20 +77,25 @@ class Categorical:
     def std(self) -> torch.Tensor:
         return torch.ones_like(self.mean)
 
+    def _one_hot(self, index: torch.Tensor) -> torch.Tensor:
+        """(..., G) class indices -> (..., G, K) one-hot codes in the probabilities' dtype."""
+        return F.one_hot(index, self.probs.shape[-1]).to(self.probs.dtype)
+
     @property
     def code(self) -> torch.Tensor:
-        return F.one_hot(self.probs.argmax(-1), self.probs.shape[-1]).to(self.probs.dtype).flatten(-2)
+        return self._one_hot(self.probs.argmax(-1)).flatten(-2)
 
-    def _one_hot(self, generator: torch.Generator | None) -> torch.Tensor:
+    def _draw(self, generator: torch.Generator | None) -> torch.Tensor:
+        """(..., G, K) one-hot codes drawn from the probabilities."""
         flat = self.probs.reshape(-1, self.probs.shape[-1]).float()  # (N*G, K)
-        index = torch.multinomial(flat, 1, generator=generator).squeeze(-1)
-        return F.one_hot(index, self.probs.shape[-1]).to(self.probs.dtype).reshape(self.probs.shape)
+        index = torch.multinomial(flat, 1, generator=generator).reshape(self.probs.shape[:-1])  # (..., G)
+        return self._one_hot(index)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self._one_hot(generator).flatten(-2)
+        return self._draw(generator).flatten(-2)
 
     def rsample(self) -> torch.Tensor:
-        hard = self._one_hot(None)
+        hard = self._draw(None)
         return (hard + self.probs - self.probs.detach()).flatten(-2)
 
 
@@ -164,7 +169,8 @@ class Latent(nn.Module):
             self.prior = GaussianHead(width, config.dim, config.hidden)
             self.posterior = GaussianHead(width + dim, config.dim, config.hidden)
 
-    def infer(self, summary: torch.Tensor, next_target: torch.Tensor, expected: torch.Tensor | None = None) -> Gaussian:
+    def infer(self, summary: torch.Tensor, next_target: torch.Tensor,
+              expected: torch.Tensor | None = None) -> Gaussian | Categorical:
         """Posterior over z_t given the past summary h_t and the true next target representation.
 
         expected: the prior mean's prediction of next_target (same shape), needed when the posterior is shown the
@@ -187,7 +193,7 @@ class Latent(nn.Module):
         """The z used in the training loss: a reparameterised sample (kl) or the code itself (sparse)."""
         return posterior.rsample() if self.config.capacity == "kl" else posterior.mean
 
-    def cost(self, z_mean: torch.Tensor, posterior_std: torch.Tensor, prior: Gaussian) -> torch.Tensor:
+    def cost(self, z_mean: torch.Tensor, posterior_std: torch.Tensor, prior: Gaussian | Categorical) -> torch.Tensor:
         """Unweighted capacity in natural units per step (..., ): nats of KL, or |z|_1."""
         if self.config.categorical:
             return categorical_kl(z_mean, prior)
