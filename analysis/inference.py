@@ -80,7 +80,8 @@ def _windows(x: torch.Tensor, context: int) -> torch.Tensor:
 @torch.no_grad()
 def sliding_energy(model: WorldModel, online: torch.Tensor, target: torch.Tensor, context: int, *,
                    batch_size: int = 512) -> torch.Tensor:
-    """Energy of each frame given the `context` frames before it (z optimised: posterior + refinement).
+    """Energy of each frame given the `context` frames before it (z optimised: the cheaper of the posterior's code
+    + refinement and the prior's code; see WorldModel.energy_of_representations).
 
     online, target: (B, T, D). Returns (B, T) with nan for the first `context` frames.
     """

@@ -3,7 +3,8 @@
 Surprise of frame t is computed from the `context` frames before it (a sliding window of fixed length, so every
 frame is judged with the same amount of past), two ways:
 
-    energy   the model's energy of frame t, z optimised for that frame (posterior code + refinement)
+    energy   the model's energy of frame t, z optimised for that frame: the cheaper of the posterior's code
+             (+ refinement) with its capacity cost and the prior's code, which costs nothing
     prior    the prediction error of frame t with z at the prior's mean (z never sees frame t)
 
 A z that can explain anything would make impossible events cheap under `energy`; comparing it with `prior` is the

@@ -13,6 +13,7 @@ from training.config import debug
 from worldmodel import CheckpointError, WorldModel
 from worldmodel.config import DecoderConfig, EncoderConfig, LatentConfig, ModelConfig, PredictorConfig
 from worldmodel.latent import Gaussian, free_bits_floor, gaussian_kl, project_to_ball
+from worldmodel.model import distance
 from worldmodel.regularizers import covariance_loss, effective_rank, variance_loss
 
 
@@ -105,6 +106,26 @@ def test_energy_refinement_does_not_increase_energy(model_config, frames):
     model.latent.config.infer_lr = 0.05
     refined = model.energy(frames[:, :3], frames[:, 3:])
     assert (refined <= amortised + 1e-5).all()
+
+
+def test_energy_never_exceeds_the_deterministic_prediction_error(model_config, frames):
+    """z = the prior's code is a candidate of the min over z and costs no KL, so each step's energy is at most the
+    error of the deterministic one-step prediction (an amortised posterior code alone can cost more than it saves)."""
+    torch.manual_seed(2)
+    model = WorldModel(model_config).eval()
+    per_step = model.energy(frames[:, :3], frames[:, 3:], reduction="none")  # (B, F)
+    with torch.no_grad():
+        online, target = model.encode(frames), model.encode_target(frames)
+        errors = torch.stack([
+            distance(model.rollout(online[:, :t], target[:, t - 1], 1, deterministic=True)[0][:, 0], target[:, t])
+            for t in range(3, frames.shape[1])
+        ], dim=1)  # (B, F)
+    assert per_step.shape == errors.shape
+    assert (per_step <= errors + 1e-6).all()
+    # With a free posterior (no capacity cost) its code wins wherever it predicts better, so F is the smaller error.
+    model.latent.config.kl_weight = 0.0
+    free = model.energy(frames[:, :3], frames[:, 3:], reduction="none")
+    assert (free <= per_step + 1e-6).all()
 
 
 def test_regularizers_known_values():

@@ -7,8 +7,9 @@ Pieces (see README "Architecture"):
     ŝ_{t+1} = s̄_t + f(h_t, z_t)      (residual from the target representation; rollouts start from ŝ_t)
 Energy of a future given a context:
     F(context, future) = Σ_t min_z [ ||ŝ_{t+1}(z) - s̄_{t+1}||² / D + weight * capacity(z) ]
-where the min over z is the amortised posterior (plus optional gradient refinement), as in LeCun's
-latent-variable energy-based models. Lower energy = the model finds that future more plausible.
+where the min over z is taken over two candidates per step: the amortised posterior's code (plus optional
+gradient refinement) and the prior's own code (z carries nothing; no KL), as in LeCun's latent-variable
+energy-based models. Lower energy = the model finds that future more plausible.
 
 Frames everywhere are torch tensors laid out (B, T, 3, H, W): uint8 in [0, 255] or float in [0, 1].
 """
@@ -353,9 +354,12 @@ class WorldModel(nn.Module):
         """Per-step energy of targets[:, start:] given everything before: (B, T - start).
 
         inputs: (B, T, D) representations fed to the predictor (online space); targets: (B, T, D) target-space
-        representations the predictions start from and are compared with. z is the posterior's code, refined by
-        `latent.infer_steps` gradient steps; each step's energy is distance + weight * capacity. actions:
-        (B, >= T - 1, A) for an action-conditioned model.
+        representations the predictions start from and are compared with. Each step's energy is the smaller of two
+        candidates for the min over z of distance + weight * capacity: the posterior's code, refined by
+        `latent.infer_steps` gradient steps, and the prior's own code (q = p: z carries nothing, for a KL capacity
+        at no cost). The second makes F never exceed the deterministic prediction's error: an amortised posterior
+        whose capacity costs more than the error it saves is not the minimum. actions: (B, >= T - 1, A) for an
+        action-conditioned model.
         """
         if not 1 <= start < inputs.shape[1]:
             raise ValueError(f"start must be in [1, {inputs.shape[1] - 1}], got {start}")
@@ -368,9 +372,12 @@ class WorldModel(nn.Module):
         def step_distance(z: torch.Tensor) -> torch.Tensor:
             return distance(self.transition(summary.detach(), z, current.detach()), next_target)
 
+        weight = self.latent.cost_weight
         z = self.latent.refine(posterior.code, posterior.std, prior, step_distance)
-        capacity = self.latent.cost(z, posterior.std, prior)
-        return step_distance(z) + self.latent.cost_weight * capacity
+        fitted = step_distance(z) + weight * self.latent.cost(z, posterior.std, prior)
+        default = self.latent.sample_prior(prior, generator=None, deterministic=True)
+        unexplained = step_distance(default) + weight * self.latent.cost(default, prior.std, prior)
+        return torch.minimum(fitted, unexplained)
 
     @torch.no_grad()
     def energy(
