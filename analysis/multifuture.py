@@ -342,6 +342,7 @@ def capacity_point(model: WorldModel, balls: BallsConfig, *, window: int, clips:
     return {
         "capacity": latent.capacity,
         "free_bits": latent.free_bits,
+        "free_bits_scope": latent.free_bits_scope if latent.capacity == "kl" else None,
         "kl_weight": latent.kl_weight,
         "l1_weight": latent.l1_weight,
         "latent_dim": latent.dim,

@@ -98,6 +98,25 @@ def test_sparse_codes_stay_in_the_ball(model_config, frames):
     assert model.energy(frames[:, :3], frames[:, 3:]).shape == (4,)
 
 
+def test_batch_free_bits_are_a_budget_over_steps(model_config):
+    """Per step, each step under the floor is free; per batch, only the mean is floored, and above the budget every
+    step's KL is charged (and gets the same gradient), so nats move to the steps where they buy the most."""
+    model_config.latent.free_bits, model_config.latent.kl_weight = 0.5, 0.1
+    latent = WorldModel(model_config).latent
+    kl = torch.tensor([[0.1, 1.3], [0.2, 0.8]], requires_grad=True)  # mean 0.6
+    assert latent.capacity_loss(kl).item() == pytest.approx(0.1 * (0.5 + 1.3 + 0.5 + 0.8) / 4)
+    latent.config.free_bits_scope = "batch"
+    loss = latent.capacity_loss(kl)
+    assert loss.item() == pytest.approx(0.1 * 0.6)
+    loss.backward()
+    assert kl.grad.flatten().tolist() == pytest.approx([0.1 / 4] * 4)
+    under = torch.tensor([[0.1, 0.7], [0.2, 0.6]], requires_grad=True)  # mean 0.4: within the budget
+    loss = latent.capacity_loss(under)
+    assert loss.item() == pytest.approx(0.1 * 0.5)
+    loss.backward()
+    assert under.grad.abs().sum().item() == 0.0
+
+
 def test_energy_refinement_does_not_increase_energy(model_config, frames):
     torch.manual_seed(1)
     model = WorldModel(model_config)

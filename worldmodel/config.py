@@ -71,7 +71,8 @@ class LatentConfig:
 
     Two capacity regimes:
     - `kl`: Gaussian posterior q(z | past, next target) and learned prior p(z | past); the capacity cost is
-      KL(q || p) in nats, floored per step at `free_bits` (below that, z is free, so it is not squeezed to nothing).
+      KL(q || p) in nats, floored at `free_bits` per step or on the batch mean (`free_bits_scope`; below the
+      floor z is free, so it is not squeezed to nothing).
     - `sparse`: deterministic z from an amortised encoder, projected into an L2 ball of radius `max_norm`, with an L1
       penalty; at inference z is refined by a few projected gradient steps on the energy (LeCun's latent-variable
       EBM). A Gaussian prior is fitted to the (detached) posterior codes only so that futures can be sampled.
@@ -92,7 +93,13 @@ class LatentConfig:
     hidden: int = 192
     """Hidden size of the prior/posterior MLPs."""
     free_bits: float = 0.5
-    """kl: nats per step below which the KL is not penalised (Kingma et al. 2016, 'free bits')."""
+    """kl: nats per step below which the KL is not penalised (Kingma et al. 2016, 'free bits'); see
+    `free_bits_scope` for what the floor applies to."""
+    free_bits_scope: Literal["step", "batch"] = "step"
+    """kl: `step` floors each step's KL at `free_bits`, so every step may carry up to that many nats for nothing.
+    `batch` floors the mean over the batch's steps instead: a budget of `free_bits` nats per step on average, free
+    while the mean stays under it and above it charged to every step alike, so z keeps the nats that buy the most
+    error and spends them where the past cannot tell (a bounce's fork) rather than a little on every step."""
     kl_weight: float = 0.05
     """kl: weight of the (floored) KL in the loss and in the energy."""
     l1_weight: float = 0.01

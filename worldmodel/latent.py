@@ -113,7 +113,7 @@ def gaussian_kl(q: Gaussian, p: Gaussian) -> torch.Tensor:
 
 
 def free_bits_floor(kl: torch.Tensor, free_bits: float) -> torch.Tensor:
-    """Per-step floor: a step whose KL is below `free_bits` costs exactly `free_bits` and passes no gradient."""
+    """Floor: a KL (per step, or a batch mean) below `free_bits` costs exactly `free_bits` and passes no gradient."""
     return kl.clamp(min=free_bits)
 
 
@@ -208,6 +208,8 @@ class Latent(nn.Module):
     def capacity_loss(self, cost: torch.Tensor) -> torch.Tensor:
         """Weighted, free-bits-floored capacity term for the training loss (scalar)."""
         if self.config.capacity == "kl":
+            if self.config.free_bits_scope == "batch":
+                cost = cost.mean()
             cost = free_bits_floor(cost, self.config.free_bits)
         return self.cost_weight * cost.mean()
 
