@@ -355,6 +355,41 @@ def capacity_point(model: WorldModel, balls: BallsConfig, *, window: int, clips:
     }
 
 
+@torch.no_grad()
+def capacity_by_event(model: WorldModel, balls: BallsConfig, *, window: int, clips: int = 256,
+                      seed: int = 32_000) -> dict[str, object]:
+    """Where z spends its capacity: per step of held-out simulator windows, the capacity the posterior uses (nats of
+    KL, or |z|_1), grouped by what happened in that step. A z that carries what the past cannot determine "and
+    nothing more" spends at the forks and little elsewhere.
+
+        fork    some ball was kicked and its velocity reversed: a rough wall's scatter at a bounce (the fork the past
+                announces), or a random kick that met a bounce
+        kick    a random kick with no reversal (unpredictable in time and direction)
+        quiet   neither: the past determines the step (bounces off walls or balls without a kick included)
+
+    Per event: steps, mean capacity, and its share of all the capacity used; fork_over_quiet = mean at forks / mean
+    at quiet steps (1.0: z is spread evenly, not aimed at what is uncertain)."""
+    length = min(window + 1, model.config.predictor.max_len)
+    data = generate_clips(balls, clips, length, seed=seed)
+    online, target = inference.encode(model, data.frames), inference.encode(model, data.frames, target=True)
+    used = model.capacity_per_step(online, target).double().cpu().numpy()  # (N, T-1)
+    velocity, present = data.state["velocities"], data.state["present"]
+    reversed_ = ((np.sign(velocity[:, 1:]) != np.sign(velocity[:, :-1])) & (np.abs(velocity[:, :-1]) > 0)).any(-1)
+    kicked = data.state["kicked"][:, 1:] & present[:, 1:]  # (N, T-1, M): kicked in the step that made frame t+1
+    fork = (kicked & reversed_ & present[:, 1:]).any(-1)
+    kick = (kicked & ~reversed_).any(-1) & ~fork
+    events = {"fork": fork, "kick": kick, "quiet": ~fork & ~kick}
+    total = max(float(used.sum()), 1e-12)
+    out: dict[str, object] = {
+        name: {"steps": int(rows.sum()), "capacity_mean": float(used[rows].mean()) if rows.any() else float("nan"),
+               "share": float(used[rows].sum()) / total}
+        for name, rows in events.items()
+    }
+    quiet = out["quiet"]["capacity_mean"]
+    out["fork_over_quiet"] = out["fork"]["capacity_mean"] / quiet if quiet > 0 else float("nan")
+    return out
+
+
 # --------------------------------------------------------------------------------------------------- suite
 
 
@@ -398,6 +433,7 @@ def run_futures(model: WorldModel, balls: BallsConfig, config: FuturesConfig | N
         "families": families,
         "z_leak": leak,
         "capacity": capacity_point(model, balls, window=window),
+        "capacity_by_event": capacity_by_event(model, balls, window=window, seed=config.seed + 60),
         "targets": targets,
         "config": {**asdict(config), "window": window, "context": context},
         "seconds": time.perf_counter() - started,

@@ -100,6 +100,12 @@ def headline(results: dict[str, Any]) -> list[dict[str, Any]]:
         leak = futures["z_leak"].get("ordinary_clips", {})
         row("z-leak ratio (shuffled / true error reduction by the posterior)", leak.get("leak_ratio"), None, "<=",
             "near 0: z cannot be steered to arbitrary frames")
+        events = futures.get("capacity_by_event")
+        if events:
+            row("z capacity at forks / at quiet steps", events["fork_over_quiet"], None, ">=",
+                f"fork steps carry {events['fork']['share']:.0%} of the capacity used "
+                f"({events['fork']['steps']} of {sum(events[e]['steps'] for e in ('fork', 'kick', 'quiet'))} steps); "
+                "1.0: z is spread evenly, not aimed at the forks")
     probes = results.get("probe")
     if probes:
         for target, goal in (("position", 0.95), ("velocity", 0.9)):

@@ -89,6 +89,7 @@ def main() -> int:
             "mode_coverage_at_n10": bounce["mode_coverage"].get("10"),
             "simulator_ceiling_mode_coverage_at_n10": bounce["simulator_ceiling"]["mode_coverage"].get("10"),
             "z_leak_ratio": futures["z_leak"]["ordinary_clips"].get("leak_ratio"),
+            "capacity_fork_over_quiet": futures["capacity_by_event"]["fork_over_quiet"],
             "train_seconds": seconds,
             "checkpoint": str(result.out_dir),
         })

@@ -103,6 +103,9 @@ def test_futures_command(run_dir, tmp_path):
     assert all(b5 <= b1 + 1e-12 for b1, b5 in zip(family["best_of_n"]["1"], family["best_of_n"]["5"]))
     assert set(result["z_leak"]["ordinary_clips"]) >= {"true/reduction", "shuffled/reduction", "leak_ratio"}
     assert result["capacity"]["capacity"] == "kl" and result["capacity"]["capacity_used"] >= 0
+    events = result["capacity_by_event"]
+    assert sum(events[e]["share"] for e in ("fork", "kick", "quiet")) == pytest.approx(1.0)
+    assert events["quiet"]["steps"] > 0 and events["quiet"]["capacity_mean"] >= 0
     assert (out / "futures.png").is_file() and (out / "capacity.png").is_file()
     # The rough-wall family is measured too; the debug simulator has smooth walls, so a kick family is the headline.
     assert result["families"]["bounce"]["ns"] == [1, 5]

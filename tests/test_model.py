@@ -117,6 +117,17 @@ def test_batch_free_bits_are_a_budget_over_steps(model_config):
     assert under.grad.abs().sum().item() == 0.0
 
 
+def test_capacity_per_step_is_what_the_loss_reports(model_config, frames):
+    torch.manual_seed(3)
+    model = WorldModel(model_config).eval()
+    _, metrics = model.loss(frames)
+    with torch.no_grad():
+        per_step = model.capacity_per_step(model.encode(frames), model.encode_target(frames))
+    assert per_step.shape == (frames.shape[0], frames.shape[1] - 1)
+    assert (per_step >= 0).all()
+    assert per_step.mean().item() == pytest.approx(metrics["latent/capacity"], rel=1e-5)
+
+
 def test_energy_refinement_does_not_increase_energy(model_config, frames):
     torch.manual_seed(1)
     model = WorldModel(model_config)

@@ -347,6 +347,18 @@ class WorldModel(nn.Module):
                 expected = self.transition(summary, prior.code, current)
         return self.latent.infer(summary, next_target, expected)
 
+    @torch.no_grad()
+    def capacity_per_step(self, online: torch.Tensor, target: torch.Tensor,
+                          actions: torch.Tensor | None = None) -> torch.Tensor:
+        """The capacity (nats of KL, or |z|_1) the posterior uses at each step of teacher-forced windows, as in
+        training: online, target (B, T, D) -> (B, T - 1), step t being the prediction of frame t+1 from frames <= t.
+        actions: (B, T - 1, A) for an action-conditioned model."""
+        actions = self.prepare_actions(actions, online.shape[0], online.shape[1] - 1)
+        summary = self.past(online[:, :-1], actions)
+        prior = self.latent.prior(summary)
+        posterior = self._infer(summary, prior, target[:, :-1], target[:, 1:])
+        return self.latent.cost(posterior.mean, posterior.std, prior)
+
     # ------------------------------------------------------------------ energy
     def energy_of_representations(
         self, inputs: torch.Tensor, targets: torch.Tensor, start: int, actions: torch.Tensor | None = None
