@@ -376,7 +376,7 @@ def capacity_by_event(model: WorldModel, balls: BallsConfig, *, window: int, cli
     velocity, present = data.state["velocities"], data.state["present"]
     reversed_ = ((np.sign(velocity[:, 1:]) != np.sign(velocity[:, :-1])) & (np.abs(velocity[:, :-1]) > 0)).any(-1)
     kicked = data.state["kicked"][:, 1:] & present[:, 1:]  # (N, T-1, M): kicked in the step that made frame t+1
-    fork = (kicked & reversed_ & present[:, 1:]).any(-1)
+    fork = (kicked & reversed_).any(-1)
     kick = (kicked & ~reversed_).any(-1) & ~fork
     events = {"fork": fork, "kick": kick, "quiet": ~fork & ~kick}
     total = max(float(used.sum()), 1e-12)
