@@ -373,9 +373,9 @@ def capacity_by_event(model: WorldModel, balls: BallsConfig, *, window: int, cli
     data = generate_clips(balls, clips, length, seed=seed)
     online, target = inference.encode(model, data.frames), inference.encode(model, data.frames, target=True)
     used = model.capacity_per_step(online, target).double().cpu().numpy()  # (N, T-1)
-    velocity, present = data.state["velocities"], data.state["present"]
+    velocity = data.state["velocities"]
     reversed_ = ((np.sign(velocity[:, 1:]) != np.sign(velocity[:, :-1])) & (np.abs(velocity[:, :-1]) > 0)).any(-1)
-    kicked = data.state["kicked"][:, 1:] & present[:, 1:]  # (N, T-1, M): kicked in the step that made frame t+1
+    kicked = data.state["kicked"][:, 1:]  # (N, T-1, M): kicked in the step that made frame t+1 (present balls only)
     fork = (kicked & reversed_).any(-1)
     kick = (kicked & ~reversed_).any(-1) & ~fork
     events = {"fork": fork, "kick": kick, "quiet": ~fork & ~kick}

@@ -4,7 +4,8 @@ z_t is meant to carry only what the past cannot determine about the next frame (
 goes). The posterior sees the true next target representation (by default as the innovation: its difference from
 what the prior mean predicts), so without a capacity limit it could simply copy the future into z; the capacity
 cost is what stops that leak:
-- `kl`:     cost = KL(q(z | h_t, s_{t+1}) || p(z | h_t)) in nats, floored per step at `free_bits`.
+- `kl`:     cost = KL(q(z | h_t, s_{t+1}) || p(z | h_t)) in nats, floored at `free_bits` per step (or on the
+            batch mean, `free_bits_scope`).
 - `sparse`: cost = l1_weight * |z|_1 with z projected into an L2 ball of radius max_norm.
 Under `kl`, z is either Gaussian or categorical (LatentConfig.distribution): `dim` groups of one-hot codes over
 `classes` values each, flattened, as in DreamerV2 (Hafner et al. 2021). A fork that goes one of k ways is then one

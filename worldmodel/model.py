@@ -265,10 +265,8 @@ class WorldModel(nn.Module):
         config, context, length = self.config, self.config.context_frames, online.shape[1]
         # Predict s̄_{t+1} from s_{<=t}; the residual starts from s̄_t, so predictions live in target space and
         # the encoder is shaped only through the summary h_t (the JEPA way: no gradient through targets).
-        inputs, current, next_target = online[:, :-1], target[:, :-1], target[:, 1:]
-        summary = self.past(inputs, actions)  # (B, T-1, width)
-        prior = self.latent.prior(summary)
-        posterior = self._infer(summary, prior, current, next_target)
+        current, next_target = target[:, :-1], target[:, 1:]
+        summary, prior, posterior = self._teacher_forced(online, target, actions)
         z = self.latent.training_code(posterior)  # (B, T-1, Z)
         prediction = self.transition(summary, z, current)  # (B, T-1, D)
         capacity = self.latent.cost(posterior.mean, posterior.std, prior)  # (B, T-1) nats or |z|_1
@@ -354,10 +352,15 @@ class WorldModel(nn.Module):
         training: online, target (B, T, D) -> (B, T - 1), step t being the prediction of frame t+1 from frames <= t.
         actions: (B, T - 1, A) for an action-conditioned model."""
         actions = self.prepare_actions(actions, online.shape[0], online.shape[1] - 1)
+        _, prior, posterior = self._teacher_forced(online, target, actions)
+        return self.latent.cost(posterior.mean, posterior.std, prior)
+
+    def _teacher_forced(self, online: torch.Tensor, target: torch.Tensor, actions: torch.Tensor | None):
+        """Summary h_t (B, T-1, width), prior and posterior of every step t -> t+1 of windows online, target
+        (B, T, D): the predictor reads the true frames <= t, the posterior is shown target t+1."""
         summary = self.past(online[:, :-1], actions)
         prior = self.latent.prior(summary)
-        posterior = self._infer(summary, prior, target[:, :-1], target[:, 1:])
-        return self.latent.cost(posterior.mean, posterior.std, prior)
+        return summary, prior, self._infer(summary, prior, target[:, :-1], target[:, 1:])
 
     # ------------------------------------------------------------------ energy
     def energy_of_representations(
