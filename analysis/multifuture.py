@@ -355,17 +355,35 @@ def capacity_point(model: WorldModel, balls: BallsConfig, *, window: int, clips:
     }
 
 
+def step_events(velocities: np.ndarray, kicked: np.ndarray) -> dict[str, np.ndarray]:
+    """What each step t -> t+1 of simulator clips asks of z: (N, T, M, 2) velocities and (N, T, M) kicked flags
+    (a ball kicked or scattered in the step that made frame t; present balls only) -> masks (N, T - 1).
+
+        fork    frame t+1 shows which way a rough wall scattered a ball: the scatter happened in the step that made
+                frame t (kicked, and its velocity reversed: it bounced), but it turns the velocity after that step's
+                move, so frame t shows a clean bounce and only frame t+1 the way (BallsBatch.step). This is the one
+                step where z can carry the fork's way; the past cannot.
+        kick    frame t+1 shows a random kick (applied before the move, so seen in the frame it happens in)
+        quiet   neither: the past determines the step (a bounce's own frame, and bounces without a kick, included)
+
+    A scatter at the clip's first frame cannot be told from a kick (no earlier velocity) and is left out of forks;
+    a random kick that meets a bounce counts as a scatter (rare)."""
+    reversed_ = np.zeros(kicked.shape, dtype=bool)  # (N, T, M): velocity reversed on some axis into frame t
+    reversed_[:, 1:] = ((np.sign(velocities[:, 1:]) != np.sign(velocities[:, :-1]))
+                        & (np.abs(velocities[:, :-1]) > 0)).any(-1)
+    scattered = (kicked & reversed_).any(-1)  # (N, T): a scatter in the step that made frame t
+    fork = scattered[:, :-1]
+    kick = (kicked & ~reversed_).any(-1)[:, 1:] & ~fork
+    return {"fork": fork, "kick": kick, "quiet": ~fork & ~kick}
+
+
 @torch.no_grad()
 def capacity_by_event(model: WorldModel, balls: BallsConfig, *, window: int, clips: int = 256,
                       seed: int = 32_000) -> dict[str, object]:
     """Where z spends its capacity: per step of held-out simulator windows, the capacity the posterior uses (nats of
-    KL, or |z|_1), grouped by what happened in that step. A z that carries what the past cannot determine "and
-    nothing more" spends at the forks and little elsewhere.
-
-        fork    some ball was kicked and its velocity reversed: a rough wall's scatter at a bounce (the fork the past
-                announces), or a random kick that met a bounce
-        kick    a random kick with no reversal (unpredictable in time and direction)
-        quiet   neither: the past determines the step (bounces off walls or balls without a kick included)
+    KL, or |z|_1), grouped by what the step's next frame shows that the past could not (`step_events`: a rough
+    wall's way, a random kick, or nothing). A z that carries what the past cannot determine "and nothing more"
+    spends at the forks and kicks and little elsewhere.
 
     Per event: steps, mean capacity, and its share of all the capacity used; fork_over_quiet = mean at forks / mean
     at quiet steps (1.0: z is spread evenly, not aimed at what is uncertain)."""
@@ -373,12 +391,7 @@ def capacity_by_event(model: WorldModel, balls: BallsConfig, *, window: int, cli
     data = generate_clips(balls, clips, length, seed=seed)
     online, target = inference.encode(model, data.frames), inference.encode(model, data.frames, target=True)
     used = model.capacity_per_step(online, target).double().cpu().numpy()  # (N, T-1)
-    velocity = data.state["velocities"]
-    reversed_ = ((np.sign(velocity[:, 1:]) != np.sign(velocity[:, :-1])) & (np.abs(velocity[:, :-1]) > 0)).any(-1)
-    kicked = data.state["kicked"][:, 1:]  # (N, T-1, M): kicked in the step that made frame t+1 (present balls only)
-    fork = (kicked & reversed_).any(-1)
-    kick = (kicked & ~reversed_).any(-1) & ~fork
-    events = {"fork": fork, "kick": kick, "quiet": ~fork & ~kick}
+    events = step_events(data.state["velocities"], data.state["kicked"])
     total = max(float(used.sum()), 1e-12)
     out: dict[str, object] = {
         name: {"steps": int(rows.sum()), "capacity_mean": float(used[rows].mean()) if rows.any() else float("nan"),

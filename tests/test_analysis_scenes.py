@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from envs.physics import BallsConfig, BallsSim
+from envs.physics import BallsBatch, BallsConfig, BallsSim
 from envs.raster import Painter, Shape, Wall
 from envs.scenes import ForkConfig, generate_fork_scenes
 from envs.voe import PROPERTIES, VoEConfig, generate_pairs, voe_config_for
@@ -265,3 +265,36 @@ def test_voe_rejects_bad_requests():
         generate_pairs(SMALL, "color", 0, seed=0)
     with pytest.raises(ValueError, match="min_violation_frame"):
         generate_pairs(SMALL, "color", 1, seed=0, voe=VoEConfig(length=6, min_violation_frame=5, min_frames_after=3))
+
+
+def test_step_events_put_a_scatter_on_the_step_whose_next_frame_shows_it():
+    from analysis.multifuture import step_events
+
+    # Hand-made: one ball; a rough-wall scatter in the step that made frame 2 (x reversed, kicked), a random kick
+    # in the step that made frame 4 (no reversal). Step t predicts frame t+1.
+    velocities = np.array([[[[1.0, 1.0]], [[1.0, 1.0]], [[-1.0, 1.2]], [[-1.0, 1.2]], [[-1.0, 1.5]]]])  # (1, 5, 1, 2)
+    kicked = np.zeros((1, 5, 1), bool)
+    kicked[0, 2, 0] = kicked[0, 4, 0] = True
+    events = step_events(velocities, kicked)
+    assert events["fork"][0].tolist() == [False, False, True, False]
+    assert events["kick"][0].tolist() == [False, False, False, True]
+    assert events["quiet"][0].tolist() == [True, True, False, False]
+
+    # The simulator fact that labelling rests on: the scatter turns the velocity after the step's move, so the bounce
+    # frame is the same whichever way the wall scatters, and the frame after it is not.
+    config = BallsConfig(image_size=32, max_balls=1, kick_prob=0.0, bounce_kick_prob=1.0, bounce_kick=0.05)
+    start = {"positions": np.array([[0.9, 0.5]]), "velocities": np.array([[0.06, 0.0]]), "radii": np.array([0.06]),
+             "colors": np.array([[255, 0, 0]], np.uint8), "masses": np.array([1.0]), "present": np.array([True])}
+    batch = BallsBatch(config, [start, start])
+    states = [batch.state()]
+    signs = np.array([[[0.0, 1.0]], [[0.0, -1.0]]])  # way +y, way -y along the right wall
+    for _ in range(3):
+        batch.step(np.ones((2, 1)), signs)
+        states.append(batch.state())
+    positions = np.stack([s["positions"] for s in states], 1)  # (2, 4, 1, 2)
+    assert states[1]["kicked"].all() and not states[2]["kicked"].any()  # scattered in the step that made frame 1
+    assert np.allclose(positions[0, 1], positions[1, 1])  # the bounce frame: the same for both ways
+    assert abs(positions[0, 2, 0, 1] - positions[1, 2, 0, 1]) > 0.05  # the next frame shows the way
+    velocities = np.stack([s["velocities"] for s in states], 1)
+    kicked = np.stack([s["kicked"] for s in states], 1)
+    assert step_events(velocities, kicked)["fork"].tolist() == [[False, True, False]] * 2
