@@ -471,3 +471,34 @@ def test_categorical_latent_codes_and_kl_known_values(model_config, frames):
     assert torch.isfinite(loss) and 0.0 <= metrics["latent/kl_nats"] <= latent.dim * math.log(4) + 1e-4
     with pytest.raises(ValueError, match="model.latent.infer_steps"):
         WorldModel(replace(model_config, latent=replace(latent, infer_steps=2)))
+
+
+def test_scaled_innovation_shows_the_posterior_a_unit_pattern_and_its_size(model_config, frames, tmp_path):
+    """posterior_input=scaled_innovation: the posterior's input is [h_t, innovation / RMS, log RMS], so scaling the
+    innovation by 10 changes only the last entry, by log 10; the model trains and saves like any other."""
+    latent = replace(model_config.latent, posterior_input="scaled_innovation")
+    torch.manual_seed(0)
+    model = WorldModel(replace(model_config, latent=latent))
+    width, dim = model_config.predictor.width, model_config.encoder.dim
+    seen = []
+    model.latent.posterior.net[0].register_forward_pre_hook(lambda _, args: seen.append(args[0].detach()))
+    summary, expected = torch.randn(3, width), torch.randn(3, dim)
+    innovation = 0.05 * torch.randn(3, dim)
+    model.latent.infer(summary, expected + innovation, expected)
+    model.latent.infer(summary, expected + 10 * innovation, expected)
+    small, large = seen
+    assert small.shape == (3, width + dim + 1)
+    assert torch.allclose(small[:, width : width + dim].pow(2).mean(-1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(small[:, -1], innovation.pow(2).mean(-1).sqrt().log(), atol=1e-5)
+    assert torch.allclose(large[:, :-1], small[:, :-1], atol=1e-5)
+    assert torch.allclose(large[:, -1] - small[:, -1], torch.full((3,), math.log(10.0)), atol=1e-5)
+    with pytest.raises(ValueError, match="scaled_innovation"):
+        model.latent.infer(summary, expected)
+    loss, metrics = model.loss({"frames": frames})
+    loss.backward()
+    assert torch.isfinite(loss) and metrics["latent/kl_nats"] >= 0
+    assert model.latent.posterior.net[0].weight.grad[:, width:].abs().sum() > 0  # the innovation reaches it
+    model.save(tmp_path / "m")
+    loaded = WorldModel.load(tmp_path / "m").eval()
+    assert loaded.config.latent.posterior_input == "scaled_innovation"
+    assert torch.equal(model.eval().energy(frames[:, :3], frames[:, 3:]), loaded.energy(frames[:, :3], frames[:, 3:]))

@@ -110,11 +110,19 @@ class LatentConfig:
     """Gradient steps refining z when computing the energy (0: amortised posterior only; sparse mode uses >= 1)."""
     infer_lr: float = 0.1
     """Step size of that refinement."""
-    posterior_input: Literal["target", "innovation"] = "innovation"
+    posterior_input: Literal["target", "innovation", "scaled_innovation"] = "innovation"
     """What the posterior is shown of the next frame besides the past summary h_t. `innovation`: the next target
     representation minus the prior mean's prediction of it (what the past did not predict, the only thing z
-    should carry), so the posterior need not first learn to subtract the predictable part. `target`: the next
-    target representation itself (saved models that predate this field were built so, and load as such)."""
+    should carry), so the posterior need not first learn to subtract the predictable part. `scaled_innovation`:
+    the same vector divided by its RMS, beside the log of that RMS: a trained predictor's innovation is about a
+    tenth of h_t's scale (RMS 0.09 against 0.9 on the small preset), so the posterior's first layer barely hears
+    it; scaled, its pattern arrives at unit size and its size as one number. `target`: the next target
+    representation itself (saved models that predate this field were built so, and load as such)."""
+
+    @property
+    def sees_innovation(self) -> bool:
+        """The posterior is shown the innovation (scaled or not), so it needs the prior mean's prediction."""
+        return self.posterior_input != "target"
 
     @property
     def categorical(self) -> bool:

@@ -163,12 +163,13 @@ class Latent(nn.Module):
     def __init__(self, config: LatentConfig, *, width: int, dim: int) -> None:
         super().__init__()
         self.config = config
+        shown = dim + (1 if config.posterior_input == "scaled_innovation" else 0)  # + the log-RMS
         if config.categorical:
             self.prior = CategoricalHead(width, config.dim, config.classes, config.hidden)
-            self.posterior = CategoricalHead(width + dim, config.dim, config.classes, config.hidden)
+            self.posterior = CategoricalHead(width + shown, config.dim, config.classes, config.hidden)
         else:
             self.prior = GaussianHead(width, config.dim, config.hidden)
-            self.posterior = GaussianHead(width + dim, config.dim, config.hidden)
+            self.posterior = GaussianHead(width + shown, config.dim, config.hidden)
 
     def infer(self, summary: torch.Tensor, next_target: torch.Tensor,
               expected: torch.Tensor | None = None) -> Gaussian | Categorical:
@@ -179,11 +180,14 @@ class Latent(nn.Module):
         neither the prior nor the transition.
         """
         shown = next_target
-        if self.config.posterior_input == "innovation":
+        if self.config.sees_innovation:
             if expected is None:
-                raise ValueError("this model's posterior sees the innovation (model.latent.posterior_input="
-                                 "innovation): pass the prior mean's prediction as `expected`")
+                raise ValueError(f"this model's posterior sees the innovation (model.latent.posterior_input="
+                                 f"{self.config.posterior_input}): pass the prior mean's prediction as `expected`")
             shown = next_target - expected.detach()
+            if self.config.posterior_input == "scaled_innovation":
+                rms = shown.float().pow(2).mean(-1, keepdim=True).add(1e-12).sqrt()  # (..., 1)
+                shown = torch.cat([shown / rms.to(shown.dtype), rms.log().to(shown.dtype)], dim=-1)
         posterior = self.posterior(torch.cat([summary, shown], dim=-1))
         if self.config.capacity == "sparse":
             # Deterministic code: the std is meaningless here and is fixed so that shapes stay uniform.

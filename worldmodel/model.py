@@ -326,9 +326,10 @@ class WorldModel(nn.Module):
         next_target (B, D) the target representation of the next frame; actions (B, C, A) when conditioned.
         last_target (B, D), the target representation of the last input frame (the base the prediction starts
         from), is required by a posterior that sees the innovation (model.latent.posterior_input)."""
-        if self.config.latent.posterior_input == "innovation" and last_target is None:
-            raise ValueError("this model's posterior sees the innovation (model.latent.posterior_input="
-                             "innovation): pass last_target, the target representation of the last input frame")
+        if self.config.latent.sees_innovation and last_target is None:
+            raise ValueError(f"this model's posterior sees the innovation (model.latent.posterior_input="
+                             f"{self.config.latent.posterior_input}): pass last_target, the target representation "
+                             "of the last input frame")
         actions = self.prepare_actions(actions, inputs.shape[0], inputs.shape[1])
         summary = self.past(inputs.float(), actions)[:, -1]
         current = None if last_target is None else last_target.float()
@@ -340,7 +341,7 @@ class WorldModel(nn.Module):
         `next_target`. A posterior that sees the innovation is shown next_target minus the prior mean's prediction;
         that prediction is only its input, so it is made without gradient (it trains neither prior nor transition)."""
         expected = None
-        if self.config.latent.posterior_input == "innovation":
+        if self.config.latent.sees_innovation:
             with torch.no_grad():
                 expected = self.transition(summary, prior.code, current)
         return self.latent.infer(summary, next_target, expected)
