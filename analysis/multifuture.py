@@ -181,6 +181,8 @@ def evaluate_family(model: WorldModel, scenes: ForkScenes, probe: RidgeProbe, co
 
     ranking = _energy_ranking(model, context_online, context_target, futures_online, futures_target, scenes.realized,
                               config)
+    reveal = reveal_step(model, context_online, context_target, futures_online, futures_target, scenes.futures,
+                         window=window)
     index = {m: i for i, m in enumerate(ns)}
     ratio = {f"best_of_{m}_over_deterministic": float(best[index[m], h_eval] / deterministic[h_eval]) for m in ns}
     return {
@@ -208,7 +210,79 @@ def evaluate_family(model: WorldModel, scenes: ForkScenes, probe: RidgeProbe, co
         "calibration": calibration(assigned, scenes.probabilities),
         "probe": {"true_way_accuracy": probe_accuracy, "position_error": position_error},
         "energy_ranking": ranking,
+        "reveal_step": reveal,
     }
+
+
+@torch.no_grad()
+def reveal_step(model: WorldModel, context_online: torch.Tensor, context_target: torch.Tensor,
+                futures_online: torch.Tensor, futures_target: torch.Tensor, futures: np.ndarray, *, window: int,
+                search_steps: int = 200) -> dict[str, object]:
+    """How much of a fork's way z takes in, at the step where the way first shows.
+
+    The reveal frame r is the first future frame in which a scene's ways differ (the first for a kick; the second
+    for a rough wall's scatter, which turns the velocity after the bounce's move). Frame r is predicted teacher-
+    forced from the frames before it, which every way shares, once per way. Errors are averaged over scenes and
+    ways:
+        prior_mean_error      z at the prior's mean
+        posterior_error       z at the posterior's code for that way (the z training uses)
+        ways_mean_error       the mean of the ways' target representations: a predictor that knows all but the way
+        best_z_error          z searched freely (Adam on the prediction error, from the posterior's code): what the
+                              transition can render at all
+        share_captured        (prior_mean - posterior) / (prior_mean - best_z): 1 when the posterior's z is as good
+                              as any z
+        posterior_separation  distance between the posterior's codes of two ways, in prior standard deviations
+        best_z_distance       distance of the searched z from the prior's mean, in prior standard deviations: how
+                              unlikely under the prior a z that renders the way is
+    context_*: (S, C, D); futures_*: (S, K, F, D); futures: (S, K, F, H, W, 3) the frames (to find r)."""
+    s, k, f = futures.shape[:3]
+    differs = (futures != futures[:, :1]).reshape(s, k, f, -1).any(-1).any(1)  # (S, F)
+    if not differs.any(1).all():
+        return {"scenes": 0}
+    reveal = differs.argmax(1)  # (S,)
+    out: dict[str, list] = {key: [] for key in (
+        "prior_mean_error", "posterior_error", "ways_mean_error", "best_z_error", "posterior_separation",
+        "best_z_distance")}
+    for r in np.unique(reveal):
+        rows = torch.as_tensor(np.flatnonzero(reveal == r))
+        # (n, C + r, D): the shared frames, way 0's copy of the future before r
+        inputs = torch.cat([context_online[rows], futures_online[rows, 0, :r]], 1)[:, -window:]
+        last = torch.cat([context_target[rows], futures_target[rows, 0, :r]], 1)[:, -1]
+        summary = model.past(inputs)[:, -1]
+        prior = model.latent.prior(summary)
+        expected = model.transition(summary, prior.code, last)
+        targets = futures_target[rows, :, r]  # (n, K, D)
+        codes = torch.stack([model.posterior(inputs, targets[:, w], last_target=last).code for w in range(k)], 1)
+        repeat = lambda x: x.unsqueeze(1).expand(-1, k, *x.shape[1:])  # noqa: E731  (n, ...) -> (n, K, ...)
+        posterior_prediction = model.transition(repeat(summary), codes, repeat(last))
+        out["prior_mean_error"].append(distance(repeat(expected), targets).mean(1))
+        out["posterior_error"].append(distance(posterior_prediction, targets).mean(1))
+        out["ways_mean_error"].append(distance(repeat(targets.mean(1)), targets).mean(1))
+        spread = (codes[:, :, None] - codes[:, None]) / repeat(prior.std).unsqueeze(2)  # (n, K, K, Z)
+        pairs = torch.triu_indices(k, k, 1)
+        out["posterior_separation"].append(spread.norm(dim=-1)[:, pairs[0], pairs[1]].mean(1))
+        z, best = codes.detach().clone(), codes.detach().clone()
+        best_error = distance(posterior_prediction, targets)  # (n, K): the search keeps the best z it has seen
+        with torch.enable_grad():
+            z.requires_grad_(True)
+            search = torch.optim.Adam([z], lr=0.05)
+            for _ in range(search_steps):
+                error = distance(model.transition(repeat(summary), z, repeat(last)), targets)  # (n, K)
+                with torch.no_grad():
+                    better = error < best_error
+                    best[better], best_error[better] = z[better], error[better]
+                (z.grad,) = torch.autograd.grad(error.sum(), z)  # z only: the model's own gradients stay untouched
+                search.step()
+        out["best_z_error"].append(best_error.mean(1))
+        z = best
+        out["best_z_distance"].append(((z - repeat(prior.mean)) / repeat(prior.std)).norm(dim=-1).mean(1))
+    result: dict[str, object] = {key: float(torch.cat(values).mean()) for key, values in out.items()}
+    removable = result["prior_mean_error"] - result["best_z_error"]
+    result["share_captured"] = ((result["prior_mean_error"] - result["posterior_error"]) / removable
+                                if removable > 0 else float("nan"))
+    result["reveal_frame"] = {str(int(r)): int((reveal == r).sum()) for r in np.unique(reveal)}
+    result["scenes"] = int(s)
+    return result
 
 
 @torch.no_grad()

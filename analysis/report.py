@@ -106,6 +106,11 @@ def headline(results: dict[str, Any]) -> list[dict[str, Any]]:
                 f"fork steps carry {events['fork']['share']:.0%} of the capacity used "
                 f"({events['fork']['steps']} of {sum(events[e]['steps'] for e in ('fork', 'kick', 'quiet'))} steps); "
                 "1.0: z is spread evenly, not aimed at the forks")
+        reveal = futures["families"].get(family, {}).get("reveal_step", {})
+        if reveal.get("scenes"):
+            row(f"share of the way z takes in where it first shows ({family} fork)", reveal["share_captured"], None,
+                ">=", f"the posterior's codes of two ways lie {reveal['posterior_separation']:.2f} prior stds apart; "
+                f"a z that renders the way lies {reveal['best_z_distance']:.1f} prior stds from the prior's mean")
     probes = results.get("probe")
     if probes:
         for target, goal in (("position", 0.95), ("velocity", 0.9)):

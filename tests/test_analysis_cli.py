@@ -111,6 +111,12 @@ def test_futures_command(run_dir, tmp_path):
     assert result["families"]["bounce"]["ns"] == [1, 5]
     assert result["families"]["bounce"]["simulator_ceiling"]["mode_coverage"]["5"] < 0.5
     assert result["targets"]["headline_family"] == "2way"
+    # A kick shows in the frame it happens in, a rough wall's scatter one frame later (it turns the velocity after the
+    # bounce's move); the free search over z can only match or beat the posterior's code.
+    for name, frame in (("2way", "0"), ("bounce", "1")):
+        reveal = result["families"][name]["reveal_step"]
+        assert reveal["reveal_frame"] == {frame: 6}
+        assert reveal["best_z_error"] <= reveal["posterior_error"] and reveal["posterior_separation"] >= 0
 
 
 @pytest.mark.slow
