@@ -142,3 +142,26 @@ def test_bad_input_gets_a_one_line_error(run_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["surprise", "--checkpoint", str(run_dir), "--properties", "levitation"])
     assert "levitation" in capsys.readouterr().err
+
+
+def test_latent_refit_bench_rebuilds_the_posterior_and_reports_every_kind_of_step(run_dir):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(root / "bench" / "latent_refit.py"), "--checkpoint", str(run_dir), "--steps", "3",
+         "--clips", "12", "--scenes", "4", "--threads", "1", "model.latent.dim=3",
+         "model.latent.posterior_input=scaled_innovation"],
+        capture_output=True, text=True, timeout=600, cwd=root,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    # A new z size rebuilds every module that reads or writes z; the causal predictor keeps its trained weights.
+    assert {"posterior", "prior", "transition"} <= set(result["rebuilt"]) and "past" not in result["rebuilt"]
+    window = debug().model.context_frames + debug().data.horizon
+    assert sum(e["steps"] for e in result["events"].values()) == 256 * (window - 1)
+    assert result["bounce"]["reveal_step"]["reveal_frame"] == {"1": 4}
+    bad = subprocess.run([sys.executable, str(root / "bench" / "latent_refit.py"), "--checkpoint", str(run_dir),
+                          "model.encoder.dim=8"], capture_output=True, text=True, timeout=120, cwd=root)
+    assert bad.returncode == 2 and "model.encoder.dim=8" in bad.stderr

@@ -224,17 +224,7 @@ class WorldModel(nn.Module):
             # Detached: the decoder learns to render representations, it never shapes them.
             "reconstruction": (self.decode(target.detach()) - frames).pow(2).mean(),
         })
-        weights = {
-            "prediction": config.prediction_weight,
-            "rollout": config.rollout_weight,
-            "best_of_prior": config.best_of_weight,
-            "capacity": 1.0,  # the capacity term carries its own kl_weight / l1_weight
-            "prior_fit": 1.0,
-            "variance": config.regularizer.variance_weight,
-            "covariance": config.regularizer.covariance_weight,
-            "temporal": config.regularizer.temporal_weight,
-            "reconstruction": config.decoder.weight,
-        }
+        weights = self.loss_weights()
         assert losses.keys() == weights.keys() == set(self.LOSS_TERMS), "loss terms and weights must match"
         total = sum(weights[name] * value for name, value in losses.items())
         if not telemetry:
@@ -252,6 +242,21 @@ class WorldModel(nn.Module):
                 }
             )
         return total, metrics
+
+    def loss_weights(self) -> dict[str, float]:
+        """The weight of each loss term (LOSS_TERMS) in the total, from the config."""
+        config = self.config
+        return {
+            "prediction": config.prediction_weight,
+            "rollout": config.rollout_weight,
+            "best_of_prior": config.best_of_weight,
+            "capacity": 1.0,  # the capacity term carries its own kl_weight / l1_weight
+            "prior_fit": 1.0,
+            "variance": config.regularizer.variance_weight,
+            "covariance": config.regularizer.covariance_weight,
+            "temporal": config.regularizer.temporal_weight,
+            "reconstruction": config.decoder.weight,
+        }
 
     def predictive_losses(
         self, online: torch.Tensor, target: torch.Tensor, actions: torch.Tensor | None = None, *,

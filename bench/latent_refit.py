@@ -1,0 +1,159 @@
+"""Refit the latent of a trained model on its frozen encoder: what another latent setting does, in minutes instead of
+a training run. Prints JSON.
+
+    python bench/latent_refit.py --checkpoint runs/inno/train                    # the control: the model's own setting
+    python bench/latent_refit.py --checkpoint runs/inno/train model.latent.free_bits=0 model.latent.kl_weight=0.002
+    python bench/latent_refit.py --checkpoint runs/inno/train model.latent.posterior_input=scaled_innovation
+
+The encoder and its EMA target stay as trained. The posterior is built afresh (so its input may change), and so is
+every weight whose shape the setting changes (`rebuilt` names their modules); the causal predictor, prior, posterior and
+transition are then trained for --steps on the predictive terms of the loss (prediction, rollout, capacity, prior
+fit, best-of-prior when its weight is set), with the run's optimiser settings, over windows of clips drawn from the
+run's own simulator and encoded once. Then, on held-out material: the capacity used and the one-step errors per kind
+of step (`analysis.multifuture.step_events`: forks, kicks, quiet), the bounce family's futures metrics (the targets'
+headline) with its reveal step, and the z-leak check. Every setting starts from the same weights, data and seed, so
+run the control beside it: the differences are the setting's. It does not replace training from scratch (the
+encoder was shaped by the old latent), but it tells in 3 minutes whether a setting is worth the 30.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+REFITTABLE = ("latent.", "prediction_weight", "rollout_weight", "best_of_weight", "best_of_samples")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="run, model or checkpoint directory")
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--clips", type=int, default=600, help="training clips (from the run's simulator settings)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--scenes", type=int, default=64, help="bounce fork scenes")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("overrides", nargs="*", metavar="model.key=value",
+                        help="latent settings (model.latent.*) and predictive loss weights to refit with")
+    args = parser.parse_args()
+
+    import numpy as np
+    import torch
+
+    from analysis import inference
+    from analysis.loading import load_model, run_config, simulator_config
+    from analysis.multifuture import FuturesConfig, run_futures, step_events
+    from envs.clips import generate_clips
+    from envs.physics import BallsConfig
+    from training.config import OptimConfig
+    from worldmodel.config_io import apply_overrides, from_dict
+    from worldmodel.model import WorldModel, distance
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    trained, model_dir = load_model(args.checkpoint)
+    stripped = []
+    for item in args.overrides:
+        key = item.split("=", 1)[0]
+        if not key.startswith("model.") or not key[len("model."):].startswith(REFITTABLE):
+            parser.error(f"{item}: only model.latent.* and the predictive loss weights "
+                         f"(model.{', model.'.join(REFITTABLE[1:])}) can be refitted on a frozen encoder")
+        stripped.append(item[len("model."):])
+    config = apply_overrides(trained.config, stripped)
+    run = run_config(model_dir)
+    data_section = run.get("data", {})
+    if not isinstance(data_section.get("balls"), dict):
+        parser.error(f"{model_dir}: no simulator settings in the run's config.yaml (data.balls); the refit trains on "
+                     "the run's own simulator")
+    train_balls = from_dict(BallsConfig, data_section["balls"], path="data.balls")
+    optim = from_dict(OptimConfig, run.get("optim", {}), path="optim")
+    window = config.context_frames + int(data_section.get("horizon", 4))
+
+    torch.manual_seed(args.seed)
+    model = WorldModel(config)
+    old_state = trained.state_dict()
+    fresh = sorted({name.split(".")[1] if name.startswith("latent.") else name.split(".")[0]
+                    for name, value in model.state_dict().items()
+                    if name.startswith("latent.posterior.") or name not in old_state
+                    or old_state[name].shape != value.shape})
+    keep = {name: value for name, value in old_state.items()
+            if not name.startswith("latent.posterior.") and name in model.state_dict()
+            and model.state_dict()[name].shape == value.shape}
+    model.load_state_dict(keep, strict=False)
+    model.requires_grad_(False)
+    trainable = [p for name, p in model.named_parameters() if name.startswith(("past.", "latent.", "transition."))]
+    for p in trainable:
+        p.requires_grad_(True)
+
+    clips = generate_clips(train_balls, args.clips, max(window, int(data_section.get("clip_length", window))),
+                           seed=args.seed + 123)
+    online = inference.encode(model, clips.frames)  # (N, L, D): the frozen encoder, computed once
+    target = inference.encode(model, clips.frames, target=True)
+    optimizer = torch.optim.AdamW(trainable, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
+    weights = model.loss_weights()
+    rng = np.random.default_rng(args.seed)
+    model.train()
+    history = []
+    for step in range(args.steps):
+        rows = torch.as_tensor(rng.integers(0, online.shape[0], args.batch_size))
+        starts = torch.as_tensor(rng.integers(0, online.shape[1] - window + 1, args.batch_size))
+        frames = starts[:, None] + torch.arange(window)[None]  # (B, window) frame indices
+        logged = step % 100 == 0 or step == args.steps - 1
+        losses, metrics = model.predictive_losses(online[rows[:, None], frames], target[rows[:, None], frames],
+                                                  telemetry=logged)
+        total = sum(weights[name] * value for name, value in losses.items())
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, optim.grad_clip)
+        optimizer.step()
+        if logged:
+            history.append({"step": step, **metrics})
+    model.eval()
+
+    balls = simulator_config(model_dir, config.image_size)
+    held_out = generate_clips(balls, 256, window, seed=args.seed + 32_000)
+    with torch.no_grad():
+        o, t = inference.encode(model, held_out.frames), inference.encode(model, held_out.frames, target=True)
+        summary, prior, posterior = model._teacher_forced(o, t, None)
+        used = model.latent.cost(posterior.mean, posterior.std, prior).double().cpu().numpy()
+        with_posterior = distance(model.transition(summary, posterior.code, t[:, :-1]), t[:, 1:]).double().cpu().numpy()
+        with_prior = distance(model.transition(summary, prior.code, t[:, :-1]), t[:, 1:]).double().cpu().numpy()
+    events = {}
+    for name, rows in step_events(held_out.state["velocities"], held_out.state["kicked"]).items():
+        events[name] = {"steps": int(rows.sum()), "capacity": float(used[rows].mean()),
+                        "prior_mean_error": float(with_prior[rows].mean()),
+                        "posterior_error": float(with_posterior[rows].mean()),
+                        "error_removed": float(1 - with_posterior[rows].mean() / with_prior[rows].mean())}
+    futures = run_futures(model, balls, FuturesConfig(scenes=args.scenes, families=(), probe_clips=320),
+                          window=inference.trained_window(trained, model_dir), log=lambda *_: None)
+    bounce = futures["families"]["bounce"]
+    print(json.dumps({
+        "checkpoint": str(model_dir),
+        "overrides": args.overrides,
+        "rebuilt": fresh,
+        "steps": args.steps,
+        "train_last": history[-1],
+        "events": events,
+        "fork_over_quiet": futures["capacity_by_event"]["fork_over_quiet"],
+        "bounce": {
+            "best_of_10_over_deterministic": bounce["at_horizon"].get("best_of_10_over_deterministic"),
+            "deterministic": bounce["at_horizon"]["deterministic"],
+            "copy_last": bounce["at_horizon"]["copy_last"],
+            "mode_coverage": bounce["mode_coverage"],
+            "reveal_step": bounce["reveal_step"],
+        },
+        "z_leak_ratio_bounce": futures["z_leak"]["bounce"]["leak_ratio"],
+        "seconds": round(time.perf_counter() - started, 1),
+    }, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
