@@ -200,6 +200,13 @@ def command_futures(args: argparse.Namespace) -> int:
         print(f"{name}: best-of-N / deterministic at h={at['horizon']}: "
               + ", ".join(f"N={k.split('_')[2]} {v:.3f}" for k, v in at.items() if k.startswith("best_of"))
               + f"; coverage {family['mode_coverage']}; calibration TV {family['calibration']['total_variation']:.3f}")
+        reveal = family["reveal_step"]
+        print(f"{name}: deterministic error {at['deterministic']:.3f} (copy-last {at['copy_last']:.3f}); its distance "
+              f"from the ways' mean {at['deterministic_vs_ways_mean']:.3f}, the ways' mean's own error "
+              f"{at['ways_mean']:.3f}"
+              + (f"; where the way shows z takes in {reveal['share_captured']:.0%} of what a free z can "
+                 f"(codes {reveal['posterior_separation']:.2f} prior stds apart, that z "
+                 f"{reveal['best_z_distance']:.1f} from the prior mean)" if reveal.get("scenes") else ""))
     figures = [plots.futures_curves(result, out / "futures.png"), plots.capacity_curve(points, out / "capacity.png")]
     _finish("futures", result, out, run_dir, args, model_dir, figures)
     return 0

@@ -3,12 +3,15 @@ and the capacity point of a model, on fork scenes whose future distribution is k
 
     best-of-N    for N in (1, 5, 10, 20), the smallest representation error among the first N prior samples at each
                  horizon, against the future that happened; the deterministic predictor is the same model with z at
-                 the prior's mean
+                 the prior's mean; its error is split into the drift from the ways' mean (the best a predictor that
+                 knows all but the way can do) and what the fork costs that mean
     coverage     a frozen ridge probe (fitted on target-encoder representations of ordinary simulator frames) reads
                  the forked ball's position from every predicted representation; a sample hits a mode when it is
                  nearer that mode's true position than half the distance between the two closest modes
     calibration  how often samples land in each mode, against the true probabilities
     ranking      energy of the true future among futures taken from other scenes (lower is better)
+    reveal step  at the first frame where the ways differ: how much of the way the posterior's z takes in, against
+                 what a free search over z achieves, and how far from the prior such a z lies
     ceiling      the same coverage and best-of-N for the training simulator itself, sampled from the true state
                  with its own kick process: no model of that data can do better
     z-leak       how much of the error the posterior z removes for the true next frame, against how much it removes
@@ -165,6 +168,11 @@ def evaluate_family(model: WorldModel, scenes: ForkScenes, probe: RidgeProbe, co
     # Copy-last: the future is the last observed frame (nothing moves) - the floor any model should beat.
     copy_last = best_of_n_error(context_target[:, -1:, None].expand(-1, 1, horizon, -1).cpu().double().numpy(),
                                 truth_np, [1])[0]
+    # Split the deterministic error: how far the rollout drifts from the mean of the ways (what a predictor that
+    # knows all but the way would say), against what the fork itself costs that predictor.
+    ways_mean = futures_target.mean(1)  # (S, H, D)
+    drift = distance(mean, ways_mean).mean(0).cpu().double().numpy()  # (H,)
+    fork_cost = distance(ways_mean, truth).mean(0).cpu().double().numpy()
     h_eval = horizon - 1
 
     modes = scenes.mode_positions()[:, :, h_eval]  # (S, K, 2)
@@ -193,11 +201,15 @@ def evaluate_family(model: WorldModel, scenes: ForkScenes, probe: RidgeProbe, co
         "best_of_n": {str(m): best[i].tolist() for i, m in enumerate(ns)},
         "deterministic": deterministic.tolist(),
         "copy_last": copy_last.tolist(),
+        "deterministic_vs_ways_mean": drift.tolist(),
+        "ways_mean": fork_cost.tolist(),
         "at_horizon": {
             "horizon": horizon,
             **ratio,
             "deterministic": float(deterministic[h_eval]),
             "copy_last": float(copy_last[h_eval]),
+            "deterministic_vs_ways_mean": float(drift[h_eval]),
+            "ways_mean": float(fork_cost[h_eval]),
         },
         "diversity": {
             "samples": pairwise_diversity(sampled_np).tolist(),

@@ -387,3 +387,17 @@ def test_train_end_to_end_on_recorded_folder(tmp_path: Path) -> None:
     assert (out / "model" / "model.safetensors").is_file()
     line = next(l for l in result.stdout.splitlines() if l.startswith("validation: prediction error"))
     assert np.isfinite(float(line.split()[3]))
+    # Sampled futures come from the run's own held-out videos, or from any video file given.
+    sample = [sys.executable, "-m", "training.cli", "sample", "--checkpoint", str(out), "--clips", "2",
+              "--num-samples", "3", "--out", str(tmp_path / "samples")]
+    result = subprocess.run(sample, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("validation clip") == 2 and "simulator" not in result.stdout
+    assert (tmp_path / "samples" / "futures-001.mp4").is_file()
+    held_out = write_video(tmp_path / "other" / "new.mp4", clips.frames[0], pix_fmt="yuv420p")
+    short = write_video(tmp_path / "other" / "short.mp4", clips.frames[1][:4], pix_fmt="yuv420p")
+    result = subprocess.run([*sample, "--video", str(held_out), "--start", "2"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0 and f"{held_out}: wrote" in result.stdout, result.stderr[-3000:]
+    result = subprocess.run([*sample, "--video", str(short)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and str(short) in result.stderr and "4 frames" in result.stderr

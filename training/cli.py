@@ -64,11 +64,8 @@ def _print_result(result) -> None:
 
 
 def command_sample(args: argparse.Namespace) -> int:
-    import torch
-
     from analysis.futures import write_futures_video
-    from analysis.loading import load_model, simulator_config
-    from envs.clips import generate_clips
+    from analysis.loading import load_model
 
     model, model_dir = load_model(args.checkpoint, device=args.device)
     context = args.context or model.config.context_frames
@@ -77,17 +74,71 @@ def command_sample(args: argparse.Namespace) -> int:
         raise SystemExit(
             f"error: context {context} + horizon {horizon} exceeds the model's max_len {model.config.predictor.max_len}"
         )
-    balls = simulator_config(model_dir, model.config.image_size)
-    clips = generate_clips(balls, args.clips, context + horizon, seed=args.seed)
     out = Path(args.out) if args.out else model_dir.parent / "samples"
-    for index in range(args.clips):
-        clip = torch.from_numpy(clips.frames[index]).permute(0, 3, 1, 2)  # (T, 3, H, W)
+    try:
+        clips = _sample_clips(args, model, model_dir, context + horizon)
+    except (ValueError, OSError) as error:
+        raise SystemExit(f"error: {error}") from error
+    for index, (name, frames, actions) in enumerate(clips):
         path = write_futures_video(
-            model, clip, context=context, num_samples=args.num_samples, path=out / f"futures-{index:03d}.mp4",
-            seed=args.seed + index,
+            model, frames, context=context, num_samples=args.num_samples, path=out / f"futures-{index:03d}.mp4",
+            seed=args.seed + index, actions=actions,
         )
-        print(f"wrote {path} and {path.with_suffix('.gif')}")
+        print(f"{name}: wrote {path} and {path.with_suffix('.gif')}")
     return 0
+
+
+def _sample_clips(args: argparse.Namespace, model, model_dir: Path, length: int):
+    """(name, frames (length, 3, H, W) uint8, actions (length, A) or None) of each clip to sample futures of: the
+    given video files, else held-out clips of the run's own data source (its validation split; fresh simulator
+    clips for the simulator)."""
+    import numpy as np
+    import torch
+
+    from analysis.loading import run_config, simulator_config
+    from envs.clips import generate_clips
+
+    to_tensor = lambda clip: torch.from_numpy(np.ascontiguousarray(clip)).permute(0, 3, 1, 2)  # noqa: E731 (T,H,W,3) -> (T,3,H,W)
+    saved = run_config(model_dir)
+    data = saved.get("data", {}) if isinstance(saved.get("data"), dict) else {}
+    if args.video:
+        if model.config.action_dim:
+            raise ValueError(f"this model is action-conditioned (model.action_dim={model.config.action_dim}); a "
+                             "video file has no actions, so sample it without --video (the run's own episodes)")
+        from envs.recorded import DecodeSettings, decode_video
+
+        # Decoded as the run decoded its training videos (frame rate, crop), when it trained on videos.
+        recorded = data.get("source") == "recorded"
+        settings = DecodeSettings(image_size=model.config.image_size, fps=float(data.get("fps", 0)) if recorded else 0.0,
+                                  crop=bool(data.get("crop", True)) if recorded else True)
+        clips = []
+        for video in args.video:
+            frames, _ = decode_video(video, settings)
+            if len(frames) < args.start + length:
+                raise ValueError(f"{video}: {len(frames)} frames at {settings.fps or 'native'} fps; sampling needs "
+                                 f"--start {args.start} + context + horizon = {args.start + length} (lower --horizon "
+                                 "or --context)")
+            clips.append((str(video), to_tensor(frames[args.start : args.start + length]), None))
+        return clips
+    if data.get("source", "bouncing_balls") == "bouncing_balls":
+        balls = simulator_config(model_dir, model.config.image_size)
+        generated = generate_clips(balls, args.clips, length, seed=args.seed)
+        return [(f"simulator clip {i}", to_tensor(generated.frames[i]), None) for i in range(args.clips)]
+    from .config_io import from_dict
+    from .data import make_source
+
+    config = from_dict(TrainConfig, saved)
+    loaded = make_source(config).load(window=length, val_fraction=config.data.val_fraction, seed=config.data.seed)
+    if len(loaded.val) == 0:
+        raise ValueError(f"{config.data.source} source ({config.data.path or config.data.env_id}): no validation "
+                         f"clip has {length} frames (context + horizon); lower --horizon")
+    picks = np.linspace(0, len(loaded.val) - 1, min(args.clips, len(loaded.val))).round().astype(int)
+    clips = []
+    for i in picks:
+        item = loaded.val[int(i)]
+        actions = item.get("actions") if model.config.action_dim else None
+        clips.append((f"validation clip {int(item['clip'])} from frame {int(item['start'])}", item["frames"], actions))
+    return clips
 
 
 def command_demo(args: argparse.Namespace) -> int:
@@ -119,7 +170,12 @@ def parser() -> argparse.ArgumentParser:
     sample_parser = commands.add_parser("sample", help="video grid of sampled futures ranked by energy")
     sample_parser.add_argument("--checkpoint", required=True, help="model, run or checkpoint directory")
     sample_parser.add_argument("--num-samples", type=int, default=8)
-    sample_parser.add_argument("--clips", type=int, default=1, help="how many held-out simulator clips")
+    sample_parser.add_argument("--clips", type=int, default=1,
+                               help="how many held-out clips of the run's own data (its validation split; fresh "
+                               "clips for the simulator)")
+    sample_parser.add_argument("--video", nargs="+", metavar="FILE",
+                               help="sample futures of these video files instead (decoded like the run's videos)")
+    sample_parser.add_argument("--start", type=int, default=0, help="--video: first frame of the context")
     sample_parser.add_argument("--context", type=int, default=0, help="observed frames (default: the model's)")
     sample_parser.add_argument("--horizon", type=int, default=0, help="future frames (default: fits max_len)")
     sample_parser.add_argument("--seed", type=int, default=10_000, help="seed of the held-out clips and of z")
