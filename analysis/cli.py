@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +121,7 @@ def _setup(args: argparse.Namespace):
     import torch
 
     from .inference import trained_window
-    from .loading import load_model, simulator_config
+    from .loading import foreign_data_note, load_model, simulator_config
     from .report import check_model
     from .tracking import run_directory
 
@@ -135,6 +136,9 @@ def _setup(args: argparse.Namespace):
     model, model_dir = load_model(args.checkpoint, device=args.device)
     check_model(model)
     model.eval()
+    note = foreign_data_note(model_dir)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     balls = simulator_config(model_dir, model.config.image_size)
     window = args.window or trained_window(model, model_dir)
     run_dir = run_directory(model_dir)

@@ -81,3 +81,18 @@ def simulator_config(model_dir: Path, image_size: int) -> BallsConfig:
     if isinstance(data, dict) and isinstance(data.get("balls"), dict):
         return from_dict(BallsConfig, data["balls"], path="data.balls").open_scene()
     return BallsConfig(image_size=image_size)
+
+
+def foreign_data_note(model_dir: Path) -> str | None:
+    """For a model that did not train on the bouncing-balls simulator (data.source recorded or gym, from the run's
+    config.yaml): a sentence saying that the simulator-based analyses measure transfer, not its own data. None for
+    simulator runs and for models without a run config."""
+    data = run_config(model_dir).get("data", {})
+    source = data.get("source", "bouncing_balls") if isinstance(data, dict) else "bouncing_balls"
+    if source == "bouncing_balls":
+        return None
+    where = data.get("path") or data.get("env_id") or ""
+    return (f"this model trained on data.source={source}{f' ({where})' if where else ''}; the futures, probe and "
+            "surprise suites run on the bouncing-balls simulator at its image size, so they measure how it transfers "
+            "there, not how it models its own data (for that: `worldmodel sample --checkpoint ...`, which samples "
+            "futures of the run's own validation clips)")

@@ -29,7 +29,7 @@ from envs.voe import generate_pairs, voe_config_for
 from worldmodel.model import WorldModel
 
 from . import inference, plots
-from .loading import load_model, simulator_config
+from .loading import foreign_data_note, load_model, simulator_config
 from .multifuture import FuturesConfig, capacity_point, fork_configs, headline_family, run_futures
 from .probes import ProbeConfig, run_probes
 from .surprise import SurpriseConfig, run_surprise
@@ -181,6 +181,22 @@ def voe_pair_video(balls: BallsConfig, property: str, context: int, seed: int, p
     return path.with_suffix(".mp4")
 
 
+def _own_video(run_dir: Path | None, out: Path) -> list[Path]:
+    """The futures grid that training wrote of a validation clip of the run's own data (<run>/samples/futures.mp4),
+    copied in as videos/futures-own-data.mp4 (+ .gif): the one video of a non-simulator run's own material."""
+    import shutil
+
+    source = None if run_dir is None else run_dir / "samples" / "futures.mp4"
+    if source is None or not source.is_file():
+        return []
+    target = out / "videos" / "futures-own-data.mp4"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in (".mp4", ".gif"):
+        if source.with_suffix(suffix).is_file():
+            shutil.copyfile(source.with_suffix(suffix), target.with_suffix(suffix))
+    return [target]
+
+
 def _videos(model: WorldModel, balls: BallsConfig, config: ReportConfig, out: Path, window: int, log
             ) -> list[Path]:
     from .futures import write_futures_video
@@ -235,6 +251,9 @@ def build_report(checkpoint: str | Path, out: str | Path | None = None, config: 
     run_dir = run_directory(model_dir)
     out = Path(out) if out else (run_dir or model_dir.parent) / "analysis" / "report"
     out.mkdir(parents=True, exist_ok=True)
+    notes = [note] if (note := foreign_data_note(model_dir)) else []
+    for note in notes:
+        log(f"report: note: {note}")
 
     results: dict[str, Any] = {}
     if "futures" not in config.skip:
@@ -263,10 +282,11 @@ def build_report(checkpoint: str | Path, out: str | Path | None = None, config: 
     history = training_history(run_dir, use_mlflow=mlflow) if run_dir is not None else {}
     if history:
         figures.insert(-1, ("Training curves", plots.training_curves(history, out / "training.png")))
-    videos = _videos(model, balls, config, out, window, log)
+    videos = _own_video(run_dir, out) + _videos(model, balls, config, out, window, log)
 
     rows = headline(results)
-    index = _write_index(out, model_dir, window, rows, results, figures, videos, history_found=bool(history))
+    index = _write_index(out, model_dir, window, rows, results, figures, videos, history_found=bool(history),
+                         notes=notes)
     if mlflow:
         run_id = log_analysis(run_dir, "report", results, [out], params={"checkpoint": str(model_dir)})
         if run_id:
@@ -308,9 +328,11 @@ _STYLE = ("body{font-family:sans-serif;max-width:1400px;margin:auto}table{border
 
 
 def _write_index(out: Path, model_dir: Path, window: int, rows: list[dict[str, Any]], results: dict[str, Any],
-                 figures: list[tuple[str, Path]], videos: list[Path], *, history_found: bool) -> Path:
+                 figures: list[tuple[str, Path]], videos: list[Path], *, history_found: bool,
+                 notes: list[str] = ()) -> Path:
     collapse = results["collapse"]
     facts = [
+        *(f"note: {n}" for n in notes),
         f"model: `{model_dir}`",
         f"predictor window used: {window} frames (the longest input sequence seen in training)",
         f"collapse: effective rank {collapse['effective_rank']:.1f} of {collapse['dim']}, "

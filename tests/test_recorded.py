@@ -401,3 +401,10 @@ def test_train_end_to_end_on_recorded_folder(tmp_path: Path) -> None:
     assert result.returncode == 0 and f"{held_out}: wrote" in result.stdout, result.stderr[-3000:]
     result = subprocess.run([*sample, "--video", str(short)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and str(short) in result.stderr and "4 frames" in result.stderr
+    # The analysis suites drive the simulator; for a model of other video they say so.
+    futures = [sys.executable, "-m", "training.cli", "futures", "--checkpoint", str(out), "--scenes", "2", "--samples",
+               "5", "--horizon", "4", "--probe-clips", "8", "--no-mlflow", "--threads", "1", "--out",
+               str(tmp_path / "futures")]
+    result = subprocess.run(futures, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "data.source=recorded" in result.stderr and "transfers" in result.stderr
