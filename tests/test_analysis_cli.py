@@ -122,6 +122,10 @@ def test_futures_command(run_dir, tmp_path):
 @pytest.mark.slow
 def test_report_command_writes_one_folder(run_dir, tmp_path):
     out = tmp_path / "report"
+    # What training leaves of the run's own validation clip (stand-in bytes: the report only copies it in).
+    (run_dir / "samples").mkdir(exist_ok=True)
+    for suffix in (".mp4", ".gif"):
+        (run_dir / "samples" / f"futures{suffix}").write_bytes(suffix.encode() * 100)
     code = main(["report", "--checkpoint", str(run_dir / "model"), "--out", str(out), "--scenes", "4",
                  "--samples", "5", "--horizon", "4", "--probe-clips", "8", "--clips", "12", "--ood-clips", "4",
                  "--hidden-clips", "12", "--contact-clips", "8", "--length", "8", "--mlp-epochs", "2",
@@ -134,6 +138,8 @@ def test_report_command_writes_one_folder(run_dir, tmp_path):
         assert (out / name).is_file() and (out / name).stat().st_size > 100, name
     page = (out / "index.html").read_text()
     assert "VoE permanence: pairwise accuracy" in page and "<video" in page and "training.png" in page
+    assert (out / "videos" / "futures-own-data.gif").read_bytes() == b".gif" * 100
+    assert "videos/futures-own-data.mp4" in page and "note:" not in page  # a simulator run needs no transfer note
 
 
 def test_bad_input_gets_a_one_line_error(run_dir, tmp_path, capsys):
