@@ -93,12 +93,12 @@ def _sample_clips(args: argparse.Namespace, model, model_dir: Path, length: int)
     given video files, else held-out clips of the run's own data source (its validation split; fresh simulator
     clips for the simulator)."""
     import numpy as np
-    import torch
 
+    from analysis.inference import as_frames
     from analysis.loading import run_config, simulator_config
     from envs.clips import generate_clips
 
-    to_tensor = lambda clip: torch.from_numpy(np.ascontiguousarray(clip)).permute(0, 3, 1, 2)  # noqa: E731 (T,H,W,3) -> (T,3,H,W)
+    to_tensor = lambda clip: as_frames(clip[None])[0]  # noqa: E731  (T, H, W, 3) numpy -> (T, 3, H, W) tensor
     saved = run_config(model_dir)
     data = saved.get("data", {}) if isinstance(saved.get("data"), dict) else {}
     if args.video:
