@@ -157,16 +157,20 @@ def test_latent_refit_bench_rebuilds_the_posterior_and_reports_every_kind_of_ste
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run(
         [sys.executable, str(root / "bench" / "latent_refit.py"), "--checkpoint", str(run_dir), "--steps", "3",
-         "--clips", "12", "--scenes", "4", "--threads", "1", "model.latent.dim=3",
-         "model.latent.posterior_input=scaled_innovation"],
+         "--clips", "12", "--scenes", "4", "--threads", "1", "--horizon", "5", "model.latent.dim=3",
+         "model.latent.posterior_input=scaled_innovation", "model.rollout_latent=teacher_forced"],
         capture_output=True, text=True, timeout=600, cwd=root,
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     # A new z size rebuilds every module that reads or writes z; the causal predictor keeps its trained weights.
     assert {"posterior", "prior", "transition"} <= set(result["rebuilt"]) and "past" not in result["rebuilt"]
-    window = debug().model.context_frames + debug().data.horizon
+    window = debug().model.context_frames + 5  # --horizon 5
+    assert result["window"] == window
     assert sum(e["steps"] for e in result["events"].values()) == 256 * (window - 1)
+    drift = result["rollout_drift"]
+    assert len(drift["deterministic"]) == len(drift["copy_last"]) == 10
+    assert all(0 < x < 10 for x in drift["deterministic"]) and drift["copy_last"][-1] > drift["copy_last"][0]
     assert result["bounce"]["reveal_step"]["reveal_frame"] == {"1": 4}
     bad = subprocess.run([sys.executable, str(root / "bench" / "latent_refit.py"), "--checkpoint", str(run_dir),
                           "model.encoder.dim=8"], capture_output=True, text=True, timeout=120, cwd=root)

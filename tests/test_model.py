@@ -502,3 +502,61 @@ def test_scaled_innovation_shows_the_posterior_a_unit_pattern_and_its_size(model
     loaded = WorldModel.load(tmp_path / "m").eval()
     assert loaded.config.latent.posterior_input == "scaled_innovation"
     assert torch.equal(model.eval().energy(frames[:, :3], frames[:, 3:]), loaded.energy(frames[:, :3], frames[:, 3:]))
+
+
+def test_closed_loop_rollout_takes_z_from_the_rollouts_own_summary_and_charges_it(model_config, frames):
+    """The training rollout's z at step k is the posterior given the summary of the rollout's own inputs (not the
+    teacher-forced one) and the true frame k; its capacity joins the teacher-forced steps' in the capacity term.
+    A sparse z is deterministic, so the whole loss can be recomputed by hand."""
+    latent = replace(model_config.latent, capacity="sparse", l1_weight=0.3, infer_steps=0)
+    config = replace(model_config, latent=latent, rollout_latent="closed_loop")
+    torch.manual_seed(5)
+    model = WorldModel(config).eval()
+    context = config.context_frames
+    with torch.no_grad():
+        online, target = model.encode(frames), model.encode_target(frames)
+        losses, metrics = model.predictive_losses(online, target, telemetry=True)
+        _, prior_tf, posterior_tf = model._teacher_forced(online, target, None)
+        teacher_costs = posterior_tf.mean.abs().sum(-1)  # (B, T-1)
+
+        sequence, base, predictions, costs = online[:, :context], target[:, context - 1], [], []
+        for k in range(frames.shape[1] - context):
+            summary = model.past(sequence)[:, -1]
+            posterior = model.posterior(sequence, target[:, context + k], last_target=base)
+            costs.append(posterior.mean.abs().sum(-1))
+            base = model.transition(summary, posterior.mean, base)
+            predictions.append(base)
+            sequence = torch.cat([sequence, base[:, None]], 1)
+        rolled, rollout_costs = torch.stack(predictions, 1), torch.stack(costs, 1)  # (B, T-C, D), (B, T-C)
+
+        # The teacher-forced codes differ from the closed-loop ones once the rollout's inputs are its own.
+        assert not torch.allclose(posterior_tf.mean[:, context:], torch.stack(
+            [model.posterior(torch.cat([online[:, :context], rolled[:, :k]], 1), target[:, context + k],
+                             last_target=rolled[:, k - 1]).mean for k in range(1, rolled.shape[1])], 1), atol=1e-4)
+    assert losses["rollout"].item() == pytest.approx(distance(rolled, target[:, context:]).mean().item(), rel=1e-5)
+    expected = 0.3 * torch.cat([teacher_costs, rollout_costs], 1).mean()
+    assert losses["capacity"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert metrics["latent/rollout_capacity"] == pytest.approx(rollout_costs.mean().item(), rel=1e-5)
+
+    # teacher_forced: the rollout replays the teacher-forced codes and charges nothing extra.
+    legacy = WorldModel(replace(config, rollout_latent="teacher_forced")).eval()
+    legacy.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        old_losses, old_metrics = legacy.predictive_losses(online, target, telemetry=True)
+        replayed, _ = legacy.rollout(online[:, :context], target[:, context - 1], frames.shape[1] - context,
+                                     latents=posterior_tf.mean[:, context - 1:])
+    assert old_losses["rollout"].item() == pytest.approx(distance(replayed, target[:, context:]).mean().item(),
+                                                         rel=1e-5)
+    assert old_losses["capacity"].item() == pytest.approx(0.3 * teacher_costs.mean().item(), rel=1e-5)
+    assert "latent/rollout_capacity" not in old_metrics
+
+
+def test_models_saved_before_rollout_latent_load_with_the_teacher_forced_rollout(model_config, tmp_path):
+    import json
+
+    WorldModel(model_config).save(tmp_path / "m")
+    payload = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert payload["model"]["rollout_latent"] == "closed_loop"
+    del payload["model"]["rollout_latent"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(payload))
+    assert WorldModel.load(tmp_path / "m").config.rollout_latent == "teacher_forced"

@@ -180,6 +180,14 @@ class ModelConfig:
     """Weight of the teacher-forced one-step prediction error."""
     rollout_weight: float = 0.5
     """Weight of the open-loop prediction error (predictions fed back as inputs) after `context_frames`."""
+    rollout_latent: Literal["closed_loop", "prior_mean", "teacher_forced"] = "closed_loop"
+    """Where the z of each step of the training rollout comes from. `closed_loop`: the posterior given the
+    rollout's own summary h_k (what the model knows k steps into its own prediction) and the true next target, its
+    capacity charged against the prior of that summary, so that z pays for whatever it corrects. `teacher_forced`:
+    the codes of the teacher-forced posterior, whose summaries read the true frames; the z's then carry the true
+    state into the rollout for free, and the deterministic rollout, which has no such channel, drifts (the
+    behaviour before this field existed; saved models without it load as such). `prior_mean`: z at the prior's
+    mean, so the rollout term trains the deterministic rollout itself (and z gets no say in the open loop)."""
     best_of_weight: float = 0.0
     """Weight of the best-of-N open-loop error with z drawn from the prior: `best_of_samples` rollouts from the
     context, each step's z sampled from p(z | h_t) (reparameterised), and only the closest one to the true future

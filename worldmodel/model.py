@@ -174,6 +174,19 @@ class WorldModel(nn.Module):
         """
         if window is not None and window < 1:
             raise ValueError(f"window must be >= 1 or None, got {window}")
+
+        def pick(k: int, summary: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+            if latents is not None:
+                return latents[:, k]
+            prior = self.latent.prior(summary)
+            return self.latent.sample_prior(prior, generator=generator, deterministic=deterministic)
+
+        return self._unroll(context, last_target, horizon, pick, actions=actions, window=window)
+
+    def _unroll(self, context: torch.Tensor, last_target: torch.Tensor, horizon: int, pick, *,
+                actions: torch.Tensor | None, window: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The open-loop loop itself: pick(k, h_k (B, width), base (B, D)) -> z_k (B, Z) chooses each step's z from
+        the rollout's own summary. Returns (predictions (B, horizon, D), latents (B, horizon, Z))."""
         sequence, base = context, last_target
         predictions, used = [], []
         for k in range(horizon):
@@ -182,16 +195,33 @@ class WorldModel(nn.Module):
             step_actions = None if actions is None else actions[:, first:known]
             # (B, width): h at the last known/predicted frame
             summary = self.past(sequence[:, first:], step_actions)[:, -1]
-            if latents is not None:
-                z = latents[:, k]
-            else:
-                prior = self.latent.prior(summary)
-                z = self.latent.sample_prior(prior, generator=generator, deterministic=deterministic)
+            z = pick(k, summary, base)
             base = self.transition(summary, z, base)  # (B, D)
             predictions.append(base)
             used.append(z)
             sequence = torch.cat([sequence, base.unsqueeze(1).to(sequence.dtype)], dim=1)
         return torch.stack(predictions, dim=1), torch.stack(used, dim=1)
+
+    def _closed_loop_rollout(self, context: torch.Tensor, last_target: torch.Tensor, future: torch.Tensor,
+                             actions: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training rollout with each step's z from the posterior given the rollout's own summary h_k and the
+        true next target future[:, k], its capacity charged against the prior p(z | h_k) of that same summary.
+
+        context (B, C, D), last_target (B, D), future (B, H, D). Returns (predictions (B, H, D), capacity (B, H)).
+        Why not the teacher-forced posterior's z's: both they and the teacher-forced prior are functions of the true
+        past, so a z can carry the true state into the rollout at no KL cost, and the transition learns to lean on
+        that channel. Measured on a 2,500-step small model: its rollout with z = the teacher-forced prior's code
+        reached 0.072 at step 4, its own deterministic rollout 0.098."""
+        costs = []
+
+        def pick(k: int, summary: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+            prior = self.latent.prior(summary)
+            posterior = self._infer(summary, prior, base, future[:, k])
+            costs.append(self.latent.cost(posterior.mean, posterior.std, prior))
+            return self.latent.training_code(posterior)
+
+        predictions, _ = self._unroll(context, last_target, future.shape[1], pick, actions=actions, window=None)
+        return predictions, torch.stack(costs, dim=1)
 
     # ------------------------------------------------------------------ training objective
     def loss(
@@ -276,17 +306,31 @@ class WorldModel(nn.Module):
         prediction = self.transition(summary, z, current)  # (B, T-1, D)
         capacity = self.latent.cost(posterior.mean, posterior.std, prior)  # (B, T-1) nats or |z|_1
 
-        # Open loop from the context: predictions are fed back, z is the posterior's code for each step.
-        rolled, _ = self.rollout(
-            online[:, :context], target[:, context - 1], length - context, latents=z[:, context - 1 :],
-            actions=actions,
-        )
+        # Open loop from the context: predictions are fed back as inputs.
+        charged = capacity
+        if config.rollout_latent == "closed_loop":
+            rolled, rollout_capacity = self._closed_loop_rollout(
+                online[:, :context], target[:, context - 1], target[:, context:], actions
+            )
+            charged = torch.cat([capacity, rollout_capacity], dim=1)  # (B, T-1 + T-C)
+        elif config.rollout_latent == "prior_mean":
+            rolled, _ = self._unroll(
+                online[:, :context], target[:, context - 1], length - context,
+                lambda k, summary, base: self.latent.sample_prior(
+                    self.latent.prior(summary), generator=None, deterministic=True).detach(),
+                actions=actions, window=None,
+            )
+        else:
+            rolled, _ = self.rollout(
+                online[:, :context], target[:, context - 1], length - context, latents=z[:, context - 1 :],
+                actions=actions,
+            )
         losses = {
             "prediction": distance(prediction, next_target).mean(),
             "rollout": distance(rolled, target[:, context:]).mean(),
             "best_of_prior": self._best_of_prior(online, target, actions) if config.best_of_weight > 0
             else zero_loss(online),
-            "capacity": self.latent.capacity_loss(capacity),
+            "capacity": self.latent.capacity_loss(charged),
             "prior_fit": self.latent.prior_fit_loss(prior, posterior),
         }
         if not telemetry:
@@ -302,6 +346,8 @@ class WorldModel(nn.Module):
             }
             if config.latent.capacity == "kl":
                 metrics["latent/kl_nats"] = metrics["latent/capacity"]
+            if config.rollout_latent == "closed_loop":
+                metrics["latent/rollout_capacity"] = float(charged[:, capacity.shape[1]:].mean())
         return losses, metrics
 
     def _best_of_prior(self, online: torch.Tensor, target: torch.Tensor, actions: torch.Tensor | None) -> torch.Tensor:

@@ -92,6 +92,8 @@ def read_config(directory: Path) -> ModelConfig:
         # Saved before these fields existed: those models read keypoints from the last stage and projected them.
         encoder.setdefault("keypoint_stage", -1)
         encoder.setdefault("keypoint_passthrough", False)
+    if isinstance(model, dict):
+        model.setdefault("rollout_latent", "teacher_forced")  # saved before the field existed
     for section, key, old in (("predictor", "change_inputs", False), ("latent", "posterior_input", "target")):
         part = model.get(section) if isinstance(model, dict) else None
         if isinstance(part, dict):
