@@ -563,6 +563,16 @@ def test_closed_loop_rollout_takes_z_from_the_rollouts_own_summary_and_charges_i
     assert old_losses["capacity"].item() == pytest.approx(0.3 * teacher_costs.mean().item(), rel=1e-5)
     assert "latent/rollout_capacity" not in old_metrics
 
+    # prior_mean: the rollout term is the deterministic rollout's error, and only the teacher-forced steps pay.
+    deterministic = WorldModel(replace(config, rollout_latent="prior_mean")).eval()
+    deterministic.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        pm_losses, _ = deterministic.predictive_losses(online, target, telemetry=True)
+        plain, _ = deterministic.rollout(online[:, :context], target[:, context - 1], frames.shape[1] - context,
+                                         deterministic=True)
+    assert pm_losses["rollout"].item() == pytest.approx(distance(plain, target[:, context:]).mean().item(), rel=1e-5)
+    assert pm_losses["capacity"].item() == pytest.approx(0.3 * teacher_costs.mean().item(), rel=1e-5)
+
 
 def test_models_saved_before_rollout_latent_load_with_the_teacher_forced_rollout(model_config, tmp_path):
     import json
