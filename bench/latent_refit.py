@@ -12,9 +12,10 @@ transition are then trained for --steps on the predictive terms of the loss (pre
 fit, best-of-prior when its weight is set), with the run's optimiser settings, over windows of clips drawn from the
 run's own simulator and encoded once. Then, on held-out material: the capacity used and the one-step errors per kind
 of step (`analysis.multifuture.step_events`: forks, kicks, quiet), the bounce family's futures metrics (the targets'
-headline) with its reveal step, the z-leak check, and the deterministic rollout's error per horizon on held-out clips of
-the simulator without its random kicks and scatters (`rollout_drift`: what is left there is the model's own drift). Every setting starts from the same weights, data and seed, so
-run the control beside it: the differences are the setting's. It does not replace training from scratch (the
+headline) with its reveal step, the z-leak check, and the deterministic rollout's error per horizon on held-out
+clips of the simulator without its random kicks and scatters (`rollout_drift`: what is left there is the model's own
+drift). Every setting starts from the same weights, data and seed, so run the control beside it: the differences
+are the setting's. It does not replace training from scratch (the
 encoder was shaped by the old latent), but it tells in 3 minutes whether a setting is worth the 30.
 """
 
@@ -78,6 +79,8 @@ def main() -> int:
                      "the run's own simulator")
     train_balls = from_dict(BallsConfig, data_section["balls"], path="data.balls")
     optim = from_dict(OptimConfig, run.get("optim", {}), path="optim")
+    if args.horizon < 0:
+        parser.error(f"--horizon must be >= 1 (or 0 for the run's data.horizon), got {args.horizon}")
     window = config.context_frames + (args.horizon or int(data_section.get("horizon", 4)))
     if window > config.predictor.max_len:
         parser.error(f"--horizon {args.horizon}: window {window} exceeds model.predictor.max_len="

@@ -202,26 +202,35 @@ class WorldModel(nn.Module):
             sequence = torch.cat([sequence, base.unsqueeze(1).to(sequence.dtype)], dim=1)
         return torch.stack(predictions, dim=1), torch.stack(used, dim=1)
 
-    def _closed_loop_rollout(self, context: torch.Tensor, last_target: torch.Tensor, future: torch.Tensor,
-                             actions: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The training rollout with each step's z from the posterior given the rollout's own summary h_k and the
-        true next target future[:, k], its capacity charged against the prior p(z | h_k) of that same summary.
+    def _training_rollout(self, online: torch.Tensor, target: torch.Tensor, teacher_z: torch.Tensor,
+                          actions: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The open-loop term's rollout from the context (model.rollout_latent says where each step's z comes from).
 
-        context (B, C, D), last_target (B, D), future (B, H, D). Returns (predictions (B, H, D), capacity (B, H)).
-        Why not the teacher-forced posterior's z's: both they and the teacher-forced prior are functions of the true
-        past, so a z can carry the true state into the rollout at no KL cost, and the transition learns to lean on
-        that channel. Measured on a 2,500-step small model: its rollout with z = the teacher-forced prior's code
-        reached 0.072 at step 4, its own deterministic rollout 0.098."""
+        online, target (B, T, D); teacher_z (B, T-1, Z) the teacher-forced posterior's codes. Returns (predictions
+        (B, T-C, D), the rollout's own capacity per step (B, T-C), or None where its z's cost nothing extra).
+        `closed_loop`: each z is the posterior given the rollout's own summary h_k and the true next target, charged
+        against the prior p(z | h_k) of that same summary. Why not the teacher-forced codes: both they and the
+        teacher-forced prior are functions of the true past, so a z can carry the true state into the rollout at no
+        KL cost, and the transition learns to lean on that channel. Measured on a 2,500-step small model: its
+        rollout with z = the teacher-forced prior's code reached 0.072 at step 4, its own deterministic rollout 0.098.
+        """
+        context, mode = self.config.context_frames, self.config.rollout_latent
+        future = target[:, context:]  # (B, T-C, D)
         costs = []
 
         def pick(k: int, summary: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+            if mode == "teacher_forced":
+                return teacher_z[:, context - 1 + k]
             prior = self.latent.prior(summary)
+            if mode == "prior_mean":
+                return self.latent.sample_prior(prior, generator=None, deterministic=True).detach()
             posterior = self._infer(summary, prior, base, future[:, k])
             costs.append(self.latent.cost(posterior.mean, posterior.std, prior))
             return self.latent.training_code(posterior)
 
-        predictions, _ = self._unroll(context, last_target, future.shape[1], pick, actions=actions, window=None)
-        return predictions, torch.stack(costs, dim=1)
+        predictions, _ = self._unroll(online[:, :context], target[:, context - 1], future.shape[1], pick,
+                                      actions=actions, window=None)
+        return predictions, torch.stack(costs, dim=1) if costs else None
 
     # ------------------------------------------------------------------ training objective
     def loss(
@@ -297,7 +306,7 @@ class WorldModel(nn.Module):
 
         Returns ({prediction, rollout, best_of_prior, capacity, prior_fit} unweighted, telemetry floats: errors
         and capacity used; empty unless telemetry)."""
-        config, context, length = self.config, self.config.context_frames, online.shape[1]
+        config, context = self.config, self.config.context_frames
         # Predict s̄_{t+1} from s_{<=t}; the residual starts from s̄_t, so predictions live in target space and
         # the encoder is shaped only through the summary h_t (the JEPA way: no gradient through targets).
         current, next_target = target[:, :-1], target[:, 1:]
@@ -307,24 +316,8 @@ class WorldModel(nn.Module):
         capacity = self.latent.cost(posterior.mean, posterior.std, prior)  # (B, T-1) nats or |z|_1
 
         # Open loop from the context: predictions are fed back as inputs.
-        charged = capacity
-        if config.rollout_latent == "closed_loop":
-            rolled, rollout_capacity = self._closed_loop_rollout(
-                online[:, :context], target[:, context - 1], target[:, context:], actions
-            )
-            charged = torch.cat([capacity, rollout_capacity], dim=1)  # (B, T-1 + T-C)
-        elif config.rollout_latent == "prior_mean":
-            rolled, _ = self._unroll(
-                online[:, :context], target[:, context - 1], length - context,
-                lambda k, summary, base: self.latent.sample_prior(
-                    self.latent.prior(summary), generator=None, deterministic=True).detach(),
-                actions=actions, window=None,
-            )
-        else:
-            rolled, _ = self.rollout(
-                online[:, :context], target[:, context - 1], length - context, latents=z[:, context - 1 :],
-                actions=actions,
-            )
+        rolled, rollout_capacity = self._training_rollout(online, target, z, actions)
+        charged = capacity if rollout_capacity is None else torch.cat([capacity, rollout_capacity], dim=1)
         losses = {
             "prediction": distance(prediction, next_target).mean(),
             "rollout": distance(rolled, target[:, context:]).mean(),
@@ -346,8 +339,8 @@ class WorldModel(nn.Module):
             }
             if config.latent.capacity == "kl":
                 metrics["latent/kl_nats"] = metrics["latent/capacity"]
-            if config.rollout_latent == "closed_loop":
-                metrics["latent/rollout_capacity"] = float(charged[:, capacity.shape[1]:].mean())
+            if rollout_capacity is not None:
+                metrics["latent/rollout_capacity"] = float(rollout_capacity.mean())
         return losses, metrics
 
     def _best_of_prior(self, online: torch.Tensor, target: torch.Tensor, actions: torch.Tensor | None) -> torch.Tensor:
