@@ -6,6 +6,10 @@ one simulator kick in one of K directions (or, for bounce forks, one rough-wall 
 possible future and its probability, not just the one that happened: that is what best-of-N error, mode coverage
 and calibration are measured against.
 
+Under rough walls every bounce off the box's border is a fork, so bounce scenes where any other bounce happens in
+the observed or future frames are redrawn (`ForkConfig.single_fork`): the fork listed is then the only randomness
+of the scene, and its ways are exactly the futures the training simulator could produce.
+
 The kick is the simulator's own (`BallsBatch.step` with a kick schedule: kick_prob = 1 and a uniform of 0 where a
 kick is scheduled, 1 elsewhere), so its size, direction handling and speed cap are exactly those of training data.
 
@@ -58,6 +62,15 @@ class ForkConfig:
     min_separation: float = 0.15
     """Every pair of ways, and every way and the unkicked continuation, must leave ball 0 at least this far apart at
     the last frame (else the scene is redrawn), so that each mode is identifiable from ball 0's position."""
+    single_fork: bool = True
+    """'bounce' with rough walls (`BallsConfig.bounce_kick_prob` > 0): redraw a scene in which any ball other than
+    ball 0 touches the box's border in the observed or future frames (ball 0 may bounce only at the fork). Under
+    rough walls every such bounce is a fork of its own: the scene would list only ball 0's ways and simulate the
+    other bounce clean, a future the training data never shows, so no listed way would be a true future. False
+    keeps those scenes (how scenes were drawn before this field existed); with smooth walls bounces are
+    deterministic and nothing is redrawn. Kick forks are never redrawn for it: a kicked ball nearly always reaches
+    a side within the horizon, so under rough walls they keep unlisted forks (they are the headline family only
+    with smooth walls)."""
 
     def validate(self) -> None:
         if not (isinstance(self.directions, int) and self.directions >= 2):
@@ -130,18 +143,25 @@ class ForkScenes:
 
 
 def _simulate(config: BallsConfig, initial: list[dict[str, np.ndarray]], kicks: np.ndarray, angles: np.ndarray,
-              steps: int) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
-    """Run B simulations `steps` steps with a kick schedule; returns per-frame states (frame 0 = initial) and
-    positions (B, steps + 1, M, 2). kicks: (B, steps, M) bool; angles: (B, steps, M) radians."""
+              steps: int) -> tuple[list[dict[str, np.ndarray]], np.ndarray, bool]:
+    """Run B simulations `steps` steps with a kick schedule; returns per-frame states (frame 0 = initial), positions
+    (B, steps + 1, M, 2) and whether any ball touched the box's border. kicks: (B, steps, M) bool; angles:
+    (B, steps, M) radians."""
     batch = BallsBatch(config, initial)
-    states, positions = [batch.state()], [batch.positions.copy()]
+    states, positions, bounced = [batch.state()], [batch.positions.copy()], False
     directions = np.stack([np.cos(angles), np.sin(angles)], axis=-1)
     for t in range(steps):
         # kick_prob is 1 in `config`: a uniform of 0 kicks, 1 does not (the comparison is strict).
         batch.step(np.where(kicks[:, t], 0.0, 1.0), directions[:, t])
+        bounced |= bool(batch.bounced.any())
         states.append(batch.state())
         positions.append(batch.positions.copy())
-    return states, np.stack(positions, axis=1)
+    return states, np.stack(positions, axis=1), bounced
+
+
+def _unlisted_forks(balls: BallsConfig, fork: ForkConfig) -> bool:
+    """Whether a border bounce other than the fork's own makes a scene unusable (see ForkConfig.single_fork)."""
+    return fork.single_fork and balls.bounce_kick_prob > 0
 
 
 def _stack_states(states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -174,14 +194,14 @@ def _draw_kick(balls: BallsConfig, fork: ForkConfig, rng: np.random.Generator) -
     initial = sample_initial(balls, rng)
     base = math.radians(fork.base_angle) if fork.base_angle is not None else rng.uniform(0, 2 * math.pi)
     angles = base + 2 * math.pi * np.arange(k) / k
-    ctx_states, _ = _simulate(kicking, [initial], np.zeros((1, c - 1, m), bool), np.zeros((1, c - 1, m)), c - 1)
+    ctx_states, _, _ = _simulate(kicking, [initial], np.zeros((1, c - 1, m), bool), np.zeros((1, c - 1, m)), c - 1)
     last = initial_from(ctx_states[-1], 0)
     # K kicked copies plus one unkicked (the last), which is no way of the fork but must be told apart.
     kicks = np.zeros((k + 1, f, m), bool)
     kicks[:k, 0, 0] = True
     kick_angles = np.zeros((k + 1, f, m))
     kick_angles[:k, 0, 0] = angles
-    fut_states, fut_positions = _simulate(kicking, [last] * (k + 1), kicks, kick_angles, f)
+    fut_states, fut_positions, _ = _simulate(kicking, [last] * (k + 1), kicks, kick_angles, f)
     return ctx_states, fut_states, fut_positions, angles
 
 
@@ -189,17 +209,22 @@ def _draw_bounce(balls: BallsConfig, fork: ForkConfig, rng: np.random.Generator)
     """The drawn balls run freely until ball 0 bounces off one side of the box; the context is the C frames before
     that bounce and the two ways are the rough wall's scatter along that side (`BallsConfig.bounce_kick_prob`),
     the unkicked continuation a clean mirror bounce. None when ball 0 bounces off a corner, not within
-    `search_steps`, or again within the horizon (the scene would then have a second, unlisted fork)."""
+    `search_steps`, or again within the horizon (the scene would then have a second, unlisted fork), and under rough
+    walls when another ball touches the border (see ForkConfig.single_fork)."""
     c, f, m = fork.context, fork.horizon, balls.max_balls
     free = BallsBatch(balls.deterministic(), [sample_initial(balls, rng)])
-    states, fork_step = [free.state()], None
+    states, fork_step, bounced = [free.state()], None, []
     for step in range(c - 1 + fork.search_steps):
         free.step(np.zeros((1, m)), np.zeros((1, m, 2)))
         states.append(free.state())
+        bounced.append(free.bounced[0].any(-1))  # (M,): which balls touched the border in this step
         if step >= c - 1 and free.bounced[0, 0].sum() == 1:
             fork_step = step  # the step from frame `step` (the last context frame) into the first future frame
             break
     if fork_step is None:
+        return None
+    # Steps between context frames (fork_step - c + 1 .. fork_step - 1), and the other balls at the fork step itself.
+    if _unlisted_forks(balls, fork) and (np.any(bounced[fork_step - c + 1 : fork_step]) or bounced[fork_step][1:].any()):
         return None
     ctx_states = states[fork_step + 1 - c : fork_step + 1]
     last = initial_from(ctx_states[-1], 0)
@@ -217,7 +242,8 @@ def _draw_bounce(balls: BallsConfig, fork: ForkConfig, rng: np.random.Generator)
     for step in range(f):
         if step:
             batch.step(np.zeros((3, m)), np.zeros((3, m, 2)))
-            if batch.bounced[:, 0].any():
+            # Ball 0 bouncing again is a second fork; so is any other ball's bounce under rough walls.
+            if batch.bounced[:, 0].any() or (_unlisted_forks(balls, fork) and batch.bounced.any()):
                 return None
         fut_states.append(batch.state())
         positions.append(batch.positions.copy())

@@ -79,6 +79,11 @@ class VoEConfig:
     """Velocity change of the control's kicks (the simulator's default kick_strength)."""
     distractor_prob: float = 0.5
     """Probability that a scene gets a second, uninvolved ball (never touching the first)."""
+    border_bounces: bool | None = None
+    """Keep scenes in which a visible ball bounces off the box's border. None: only when the simulator's walls are
+    smooth (`BallsConfig.bounce_kick_prob` = 0). Scenes run without randomness, so their border bounces are clean
+    mirror bounces; under rough walls every training bounce scatters, so a clean one is itself an event no training
+    clip shows, and a "possible" clip holding one would not be possible for the model under test."""
 
     def validate(self) -> None:
         if self.length < 4:
@@ -141,6 +146,8 @@ class Ball:
     """Invisible balls are simulated but not drawn (a ball that 'does not exist yet' in the possible world)."""
     group: int = 0
     """Balls collide only with balls of the same group."""
+    bounced: bool = False
+    """Touched the box's border in the step into this frame (set by `World`)."""
 
     def shape(self) -> Shape:
         return Shape(self.x, self.y, self.radius, self.color, "square" if self.kind == "square" else "disc")
@@ -191,6 +198,7 @@ class World:
                 b = out[i]
                 b.x, b.y = float(batch.positions[0, k, 0]), float(batch.positions[0, k, 1])
                 b.vx, b.vy = float(batch.velocities[0, k, 0]), float(batch.velocities[0, k, 1])
+                b.bounced = bool(batch.bounced[0, k].any())
                 if self.solid_walls:
                     self._bounce_off_walls(balls[i], b)
         return out
@@ -608,6 +616,7 @@ def generate_pairs(
     variants: list[str] = []
     occluded = replace(balls, occluder=True, occluder_x=voe.occluder_x, occluder_width=voe.occluder_width)
     painters = {False: Painter(replace(balls, occluder=False)), True: Painter(occluded)}
+    keep_bounces = voe.border_bounces if voe.border_bounces is not None else balls.bounce_kick_prob == 0
     filled, scene = 0, 0
     while filled < num_pairs:
         for attempt in range(_MAX_ATTEMPTS):
@@ -616,6 +625,8 @@ def generate_pairs(
             if built is None:
                 continue
             pairs, walls, occluder = built
+            if not keep_bounces and _bounces(pairs):
+                continue
             painted = [_paint_pair(painters[occluder], walls, pair, voe) for pair in pairs]
             if all(p is not None for p in painted):
                 break
@@ -634,6 +645,11 @@ def generate_pairs(
         scene += 1
     return VoEPairs(property=property, possible=possible, impossible=impossible, violation_frame=frames_at,
                     variant=np.asarray(variants), group=groups, seed=int(seed), config=voe)
+
+
+def _bounces(pairs: list[Pair]) -> bool:
+    """Whether a visible ball of any clip of `pairs` touches the box's border."""
+    return any(b.bounced and b.visible for world_p, world_i, _ in pairs for f in (*world_p, *world_i) for b in f)
 
 
 def _paint_pair(painter: Painter, walls: tuple[Wall, ...], pair: Pair, voe: VoEConfig

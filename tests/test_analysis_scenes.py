@@ -11,7 +11,7 @@ import pytest
 
 from envs.physics import BallsBatch, BallsConfig, BallsSim
 from envs.raster import Painter, Shape, Wall
-from envs.scenes import ForkConfig, generate_fork_scenes
+from envs.scenes import ForkConfig, generate_fork_scenes, initial_from
 from envs.voe import PROPERTIES, VoEConfig, generate_pairs, voe_config_for
 
 SMALL = BallsConfig(image_size=32, max_balls=2)
@@ -131,6 +131,38 @@ def test_bounce_fork_scenes_scatter_along_the_wall_at_the_first_future_step():
     assert np.linalg.norm(end - scenes.null_positions()[:, None, -1], axis=-1).min() >= fork.min_separation
     with pytest.raises(ValueError, match="bounce"):
         ForkConfig(event="bounce", directions=3).validate()
+
+
+def _other_ball_bounces(scenes) -> int:
+    """Steps between consecutive frames of a scene (context, and every way's future) in which a ball other than
+    ball 0 touches the box's border: each frame's state is stepped once without randomness, which is exactly the
+    scene's own step wherever ball 0 does not scatter."""
+    count, smooth = 0, scenes.balls.deterministic()
+    ways = [{key: value[:, k] for key, value in scenes.future_state.items()} for k in range(scenes.fork.directions)]
+    for frames in [scenes.context_state, *ways]:
+        s, t = frames["positions"].shape[:2]
+        for step in range(t - 1):
+            batch = BallsBatch(smooth, [initial_from({key: v[:, step] for key, v in frames.items()}, i)
+                                        for i in range(s)])
+            batch.step(np.ones((s, smooth.max_balls)), np.zeros((s, smooth.max_balls, 2)))
+            count += int(batch.bounced[:, 1:].any(-1).sum())
+    return count
+
+
+def test_bounce_scenes_under_rough_walls_have_no_other_fork():
+    """Under rough walls any other ball's bounce is a fork of its own that the scene would simulate as a clean
+    bounce (a future no training clip shows): such scenes are redrawn unless single_fork is off."""
+    balls = BallsConfig(image_size=32, max_balls=3, bounce_kick_prob=1.0)
+    fork = ForkConfig(event="bounce", kick=0.04, context=3, horizon=8)
+    single = generate_fork_scenes(balls, fork, 32, seed=11)
+    assert _other_ball_bounces(single) == 0
+    assert single.context_state["present"][:, 0].sum(1).max() >= 2  # scenes with other balls remain
+    mixed = generate_fork_scenes(balls, replace(fork, single_fork=False), 32, seed=11)
+    assert _other_ball_bounces(mixed) >= 3
+    # With smooth walls a bounce is deterministic: nothing is redrawn for it.
+    smooth = replace(balls, bounce_kick_prob=0.0)
+    assert np.array_equal(generate_fork_scenes(smooth, fork, 8, seed=11).context,
+                          generate_fork_scenes(smooth, replace(fork, single_fork=False), 8, seed=11).context)
 
 
 def test_simulator_ceiling_of_rough_walls():
@@ -256,6 +288,37 @@ def test_matched_pairs_balance_frame_content(prop):
         for t in range(pairs.possible.shape[1]):
             shown = {pairs.possible[a, t].tobytes(), pairs.possible[b, t].tobytes()}
             assert {pairs.impossible[a, t].tobytes(), pairs.impossible[b, t].tobytes()} == shown
+
+
+@pytest.mark.parametrize("prop", ["control", "continuity"])
+def test_voe_scenes_under_rough_walls_have_no_clean_border_bounce(prop, monkeypatch):
+    """Scenes run without randomness, so a border bounce in them is a clean mirror bounce, which rough walls never
+    produce: under rough walls such scenes are redrawn (a "possible" clip must be possible for the model)."""
+    import envs.voe as voe_module
+
+    shown = []  # the worlds of every pair that reached the painter, i.e. survived the filter
+    paint = voe_module._paint_pair
+    monkeypatch.setattr(voe_module, "_paint_pair", lambda painter, walls, pair, voe: (shown.append(pair), paint(
+        painter, walls, pair, voe))[1])
+    bouncing = lambda: sum(voe_module._bounces([pair]) for pair in shown)  # noqa: E731
+    rough = replace(SMALL, bounce_kick_prob=1.0)
+    generate_pairs(rough, prop, 24, seed=4, voe=voe_config_for(3))
+    assert len(shown) >= 24 and bouncing() == 0
+    shown.clear()
+    generate_pairs(rough, prop, 24, seed=4, voe=voe_config_for(3, border_bounces=True))
+    assert bouncing() >= 3
+    shown.clear()
+    generate_pairs(SMALL, prop, 24, seed=4, voe=voe_config_for(3))  # smooth walls: bounces are possible, kept
+    assert bouncing() >= 3
+
+
+def test_world_marks_the_frame_of_a_border_bounce():
+    from envs.voe import Ball, World
+
+    frames = World(SMALL).run([Ball(0.78, 0.5, 0.05, 0.0, 0.1, (255, 0, 0))], 6)
+    # x + r passes 1 in the step into frame 3 (0.78 + 3 * 0.05 + 0.1 > 1), and only there.
+    assert [f[0].bounced for f in frames] == [False, False, False, True, False, False]
+    assert frames[3][0].vx < 0
 
 
 def test_voe_rejects_bad_requests():
