@@ -143,20 +143,18 @@ class ForkScenes:
 
 
 def _simulate(config: BallsConfig, initial: list[dict[str, np.ndarray]], kicks: np.ndarray, angles: np.ndarray,
-              steps: int) -> tuple[list[dict[str, np.ndarray]], np.ndarray, bool]:
-    """Run B simulations `steps` steps with a kick schedule; returns per-frame states (frame 0 = initial), positions
-    (B, steps + 1, M, 2) and whether any ball touched the box's border. kicks: (B, steps, M) bool; angles:
-    (B, steps, M) radians."""
+              steps: int) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+    """Run B simulations `steps` steps with a kick schedule; returns per-frame states (frame 0 = initial) and
+    positions (B, steps + 1, M, 2). kicks: (B, steps, M) bool; angles: (B, steps, M) radians."""
     batch = BallsBatch(config, initial)
-    states, positions, bounced = [batch.state()], [batch.positions.copy()], False
+    states, positions = [batch.state()], [batch.positions.copy()]
     directions = np.stack([np.cos(angles), np.sin(angles)], axis=-1)
     for t in range(steps):
         # kick_prob is 1 in `config`: a uniform of 0 kicks, 1 does not (the comparison is strict).
         batch.step(np.where(kicks[:, t], 0.0, 1.0), directions[:, t])
-        bounced |= bool(batch.bounced.any())
         states.append(batch.state())
         positions.append(batch.positions.copy())
-    return states, np.stack(positions, axis=1), bounced
+    return states, np.stack(positions, axis=1)
 
 
 def _unlisted_forks(balls: BallsConfig, fork: ForkConfig) -> bool:
@@ -194,14 +192,14 @@ def _draw_kick(balls: BallsConfig, fork: ForkConfig, rng: np.random.Generator) -
     initial = sample_initial(balls, rng)
     base = math.radians(fork.base_angle) if fork.base_angle is not None else rng.uniform(0, 2 * math.pi)
     angles = base + 2 * math.pi * np.arange(k) / k
-    ctx_states, _, _ = _simulate(kicking, [initial], np.zeros((1, c - 1, m), bool), np.zeros((1, c - 1, m)), c - 1)
+    ctx_states, _ = _simulate(kicking, [initial], np.zeros((1, c - 1, m), bool), np.zeros((1, c - 1, m)), c - 1)
     last = initial_from(ctx_states[-1], 0)
     # K kicked copies plus one unkicked (the last), which is no way of the fork but must be told apart.
     kicks = np.zeros((k + 1, f, m), bool)
     kicks[:k, 0, 0] = True
     kick_angles = np.zeros((k + 1, f, m))
     kick_angles[:k, 0, 0] = angles
-    fut_states, fut_positions, _ = _simulate(kicking, [last] * (k + 1), kicks, kick_angles, f)
+    fut_states, fut_positions = _simulate(kicking, [last] * (k + 1), kicks, kick_angles, f)
     return ctx_states, fut_states, fut_positions, angles
 
 
