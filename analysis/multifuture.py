@@ -94,7 +94,7 @@ def fork_configs(balls: BallsConfig, config: FuturesConfig, context: int, horizo
 def headline_family(balls: BallsConfig, config: FuturesConfig) -> str:
     """The family the targets are read on: 'bounce' when the training simulator has rough walls (the only fork its
     data announces), else the first kick family."""
-    if config.bounce and (balls.bounce_kick_prob > 0 or not config.families):
+    if config.bounce and (balls.rough_walls or not config.families):
         return "bounce"
     return family_name(config.families[0])
 

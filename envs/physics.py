@@ -219,6 +219,11 @@ class BallsConfig:
             out[f.name] = value
         return out
 
+    @property
+    def rough_walls(self) -> bool:
+        """Border bounces may scatter (`bounce_kick_prob` > 0): every bounce is then a fork of the data."""
+        return self.bounce_kick_prob > 0.0
+
     def deterministic(self) -> "BallsConfig":
         """The same settings with no randomness in the dynamics (no kicks, no rough-wall scatter)."""
         return replace(self, kick_prob=0.0, bounce_kick_prob=0.0)
@@ -386,7 +391,7 @@ class BallsBatch:
         pos += vel
         self._collide_balls()
         self._collide_walls()
-        if cfg.bounce_kick_prob > 0.0:
+        if cfg.rough_walls:
             self._scatter_bounces(kick_u, kick_dir)
 
     def _scatter_bounces(self, kick_u: np.ndarray, kick_dir: np.ndarray) -> None:

@@ -159,7 +159,7 @@ def _simulate(config: BallsConfig, initial: list[dict[str, np.ndarray]], kicks: 
 
 def _unlisted_forks(balls: BallsConfig, fork: ForkConfig) -> bool:
     """Whether a border bounce other than the fork's own makes a scene unusable (see ForkConfig.single_fork)."""
-    return fork.single_fork and balls.bounce_kick_prob > 0
+    return fork.single_fork and balls.rough_walls
 
 
 def _stack_states(states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

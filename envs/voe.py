@@ -616,7 +616,7 @@ def generate_pairs(
     variants: list[str] = []
     occluded = replace(balls, occluder=True, occluder_x=voe.occluder_x, occluder_width=voe.occluder_width)
     painters = {False: Painter(replace(balls, occluder=False)), True: Painter(occluded)}
-    keep_bounces = voe.border_bounces if voe.border_bounces is not None else balls.bounce_kick_prob == 0
+    keep_bounces = voe.border_bounces if voe.border_bounces is not None else not balls.rough_walls
     filled, scene = 0, 0
     while filled < num_pairs:
         for attempt in range(_MAX_ATTEMPTS):
