@@ -142,7 +142,9 @@ def test_sigkill_at_random_points_resume_loads_newest_complete_checkpoint(tmp_pa
             state = read_training_state(newest)
             load_checkpoint(newest, model=WorldModel(debug().model), restore_rng=False)
             steps_seen.append(state["step"])
-            assert len(list_checkpoints(out)) <= 2
+            # keep_checkpoints=2, plus one when the kill fell between publishing a checkpoint and deleting the
+            # oldest (the next resume deletes it)
+            assert len(list_checkpoints(out)) <= 3
     assert mid_write >= 8, f"only {mid_write} kills landed inside a checkpoint write"
     assert steps_seen == sorted(steps_seen) and steps_seen[-1] >= 10, steps_seen
 

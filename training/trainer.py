@@ -53,6 +53,7 @@ from .checkpoint import (
     checkpoint_root,
     latest_checkpoint,
     load_checkpoint,
+    prune,
     rank_rng_state,
     restore_rng_state,
     rng_state,
@@ -512,6 +513,9 @@ def _resume(setup: TrainingSetup, out_dir: Path) -> _ResumePoint:
                 stacklevel=3,
             )
     if context.is_main:
+        # A kill between publishing a checkpoint and deleting the oldest leaves keep + 1; the newest (this one)
+        # always stays.
+        prune(checkpoint_root(out_dir), keep=config.run.keep_checkpoints)
         _warn_config_changes(path / "config.yaml", config)
         print(f"resume: loaded {path} (step {step})")
     return _ResumePoint(step=step, batch_index=batch_index, run_id=state["extra"].get("tracking_run_id") or None,
