@@ -59,51 +59,73 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _futures_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scenes", type=_positive, default=128, help="fork scenes per family")
-    parser.add_argument("--samples", type=_positive, default=20, help="prior samples per scene (>= 20 for N=20)")
-    parser.add_argument("--horizon", type=_positive, default=10, help="future frames")
-    parser.add_argument("--probe-clips", type=_positive, default=640,
+    from .multifuture import FuturesConfig
+
+    default = FuturesConfig()
+    parser.add_argument("--scenes", type=_positive, default=default.scenes, help="fork scenes per family")
+    parser.add_argument("--samples", type=_positive, default=default.samples,
+                        help="prior samples per scene (>= 20 for N=20)")
+    parser.add_argument("--horizon", type=_positive, default=default.horizon, help="future frames")
+    parser.add_argument("--probe-clips", type=_positive, default=default.probe_clips,
                         help="clips the frozen position probe is fit on")
     parser.add_argument("--compare", nargs="*", default=[], help="other checkpoints for the capacity trade-off curve")
 
 
 def _probe_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--clips", type=_positive, default=1024,
+    from .probes import ProbeConfig
+
+    default = ProbeConfig()
+    parser.add_argument("--clips", type=_positive, default=default.clips,
                         help="in-distribution clips (train/val/test by clip)")
-    parser.add_argument("--ood-clips", type=_positive, default=64, help="out-of-distribution test clips")
-    parser.add_argument("--hidden-clips", type=_positive, default=192, help="clips with a wide occluder")
-    parser.add_argument("--contact-clips", type=_positive, default=256, help="clips for the contact readout")
-    parser.add_argument("--length", type=_positive, default=16, help="frames per probe clip")
-    parser.add_argument("--mlp-epochs", type=_positive, default=150)
-    parser.add_argument("--probe-models", type=_names(("linear", "mlp")), default=("linear", "mlp"))
+    parser.add_argument("--ood-clips", type=_positive, default=default.ood_clips, help="out-of-distribution test clips")
+    parser.add_argument("--hidden-clips", type=_positive, default=default.hidden_clips,
+                        help="clips with a wide occluder")
+    parser.add_argument("--contact-clips", type=_positive, default=default.contact_clips,
+                        help="clips for the contact readout")
+    parser.add_argument("--length", type=_positive, default=default.length, help="frames per probe clip")
+    parser.add_argument("--mlp-epochs", type=_positive, default=default.mlp_epochs, help="epochs of the MLP probe")
+    parser.add_argument("--probe-models", type=_names(("linear", "mlp")), default=",".join(default.probe_models),
+                        help="comma-separated readouts")
 
 
 def _surprise_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pairs", type=_positive, default=256, help="matched pairs per property")
-    parser.add_argument("--controls", type=_non_negative, default=5, help="randomly initialised control models")
-    parser.add_argument("--properties", type=_names(PROPERTIES), default=PROPERTIES,
-                        help=f"comma-separated subset of {','.join(PROPERTIES)}")
-    parser.add_argument("--frames-after", type=_positive, default=6, help="frames after the earliest violation")
+    from .surprise import SurpriseConfig
+
+    default = SurpriseConfig()
+    parser.add_argument("--pairs", type=_positive, default=default.pairs, help="matched pairs per property")
+    parser.add_argument("--controls", type=_non_negative, default=default.controls,
+                        help="randomly initialised control models")
+    # A string default goes through `type` like a typed value, and --help prints it as one would type it.
+    parser.add_argument("--properties", type=_names(PROPERTIES), default=",".join(default.properties),
+                        help="comma-separated properties")
+    parser.add_argument("--frames-after", type=_positive, default=default.frames_after,
+                        help="frames after the earliest violation")
 
 
 def add_analysis_parsers(commands: argparse._SubParsersAction) -> None:
     """Register futures / probe / surprise / report on the `worldmodel` subcommand parser."""
-    futures = commands.add_parser("futures", help="measure multiple futures on fork scenes with known odds")
+    # The defaults come from the analyses' config dataclasses; --help shows them.
+    shows_defaults = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}
+    futures = commands.add_parser("futures", help="measure multiple futures on fork scenes with known odds",
+                                  **shows_defaults)
     _common(futures)
     _futures_args(futures)
     futures.set_defaults(handler=command_futures)
 
-    probe = commands.add_parser("probe", help="linear / MLP probes of physical state vs random-init and pixels")
+    probe = commands.add_parser("probe", help="linear / MLP probes of physical state vs random-init and pixels",
+                                **shows_defaults)
     _common(probe)
     _probe_args(probe)
     probe.set_defaults(handler=command_probe)
 
-    surprise = commands.add_parser("surprise", help="violation-of-expectation suite vs random-init controls")
+    surprise = commands.add_parser("surprise", help="violation-of-expectation suite vs random-init controls",
+                                   **shows_defaults)
     _common(surprise)
     _surprise_args(surprise)
     surprise.set_defaults(handler=command_surprise)
 
-    report = commands.add_parser("report", help="all analyses + figures + videos in one folder (index.html)")
+    report = commands.add_parser("report", help="all analyses + figures + videos in one folder (index.html)",
+                                 **shows_defaults)
     _common(report)
     _futures_args(report)
     _probe_args(report)
@@ -150,7 +172,7 @@ def _setup(args: argparse.Namespace):
 def _futures_config(args: argparse.Namespace):
     from .multifuture import FuturesConfig
 
-    ns = tuple(n for n in (1, 5, 10, 20) if n <= args.samples)
+    ns = tuple(n for n in FuturesConfig.ns if n <= args.samples)
     return FuturesConfig(scenes=args.scenes, samples=args.samples, ns=ns, horizon=args.horizon,
                          probe_clips=args.probe_clips)
 

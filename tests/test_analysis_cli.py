@@ -175,3 +175,18 @@ def test_latent_refit_bench_rebuilds_the_posterior_and_reports_every_kind_of_ste
     bad = subprocess.run([sys.executable, str(root / "bench" / "latent_refit.py"), "--checkpoint", str(run_dir),
                           "model.encoder.dim=8"], capture_output=True, text=True, timeout=120, cwd=root)
     assert bad.returncode == 2 and "model.encoder.dim=8" in bad.stderr
+
+
+def test_command_defaults_are_the_analysis_configs_defaults():
+    from analysis.cli import _futures_config, _probe_config, _surprise_config
+    from analysis.multifuture import FuturesConfig
+    from analysis.probes import ProbeConfig
+    from analysis.surprise import SurpriseConfig
+    from training.cli import parser
+
+    args = parser().parse_args(["report", "--checkpoint", "somewhere"])
+    assert _futures_config(args) == FuturesConfig()
+    assert _probe_config(args) == ProbeConfig()
+    assert _surprise_config(args) == SurpriseConfig()
+    # A smaller --samples drops the N's it cannot draw.
+    assert _futures_config(parser().parse_args(["futures", "--checkpoint", "x", "--samples", "8"])).ns == (1, 5)
