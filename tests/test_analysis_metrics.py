@@ -209,3 +209,19 @@ def test_pair_features_and_motion_read_through_the_velocity_probe():
     assert readouts["speed_from_velocity"](test.values, test) == pytest.approx(1.0)
     assert readouts["direction_from_velocity"](test.values, test) == pytest.approx(1.0)
     assert readouts["direction_from_velocity"](-test.values, test) == pytest.approx(0.0)
+
+
+def test_headline_names_the_auroc_of_each_kind_of_scene():
+    from analysis.report import headline
+
+    scores = {"pairwise_accuracy": 0.9, "auroc": 0.8}
+    surprise = {"properties": {"permanence": {
+        "energy": dict(scores),
+        "by_kind": {"occluder": {"pairwise_accuracy": 0.8, "auroc": 0.6}, "view": {"pairwise_accuracy": 1.0,
+                                                                                 "auroc": 1.0}},
+    }}}
+    rows = {row["metric"]: row for row in headline({"surprise": surprise})}
+    auroc = rows["VoE permanence: AUROC"]
+    assert auroc["value"] == 0.8 and auroc["passed"] is False
+    assert auroc["note"] == "behind the occluder 0.600, in view 1.000"
+    assert rows["VoE permanence, behind the occluder only: pairwise accuracy"]["value"] == 0.8
