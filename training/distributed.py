@@ -19,6 +19,8 @@ import contextlib
 import datetime
 import hashlib
 import os
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -124,10 +126,36 @@ def init_distributed(device_name: str, *, timeout_s: float = 1800.0) -> tuple[Di
     ), device
 
 
-def shutdown(context: DistContext) -> None:
-    """Leave the process group (only if this process joined one)."""
-    if context.enabled and dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(context: DistContext, *, drain: bool = True) -> None:
+    """Leave the process group (only if this process joined one).
+
+    drain: every rank is here together (a normal end), so one last collective can make sure gloo's worker threads
+    are idle first (`_drain_gloo`). Pass False when leaving on an error: another rank may never arrive.
+    """
+    if not (context.enabled and dist.is_initialized()):
+        return
+    if drain and dist.get_backend() == "gloo":
+        _drain_gloo()
+    dist.destroy_process_group()
+
+
+def _drain_gloo(timeout_s: float = 10.0) -> None:
+    """Wait until gloo's worker threads have let go of the tensors of the collectives that already finished.
+
+    A gloo worker marks a collective done and only then drops its references to the tensors; that drop takes the
+    GIL. If the interpreter is already finalising when it asks for the GIL, Python ends the thread inside a C++
+    destructor and the process aborts ("terminate called without an active exception", SIGABRT) after training
+    finished. While C++ holds a tensor its Python refcount is one higher, so: one last all-reduce on a tensor we
+    hold, then sleep (which frees the GIL for the workers) until its refcount is back. Earlier collectives were
+    released during that round trip.
+    """
+    marker = torch.zeros(1)
+    baseline = sys.getrefcount(marker)
+    dist.all_reduce(marker)
+    deadline = time.monotonic() + timeout_s
+    while sys.getrefcount(marker) > baseline and time.monotonic() < deadline:
+        time.sleep(0.001)
+    time.sleep(0.01)  # the other worker thread, should it still be finishing an earlier collective
 
 
 def barrier(context: DistContext) -> None:

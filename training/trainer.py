@@ -564,10 +564,14 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     context, device = distributed.init_distributed(config.run.device)
     try:
-        return _train(config, resume, context, device)
-    finally:
+        result = _train(config, resume, context, device)
+    except BaseException:
         if owns_group:
-            distributed.shutdown(context)
+            distributed.shutdown(context, drain=False)  # the other ranks may not come to a last collective
+        raise
+    if owns_group:
+        distributed.shutdown(context)
+    return result
 
 
 def _train(config: TrainConfig, resume: bool, context: DistContext, device: torch.device) -> TrainResult:
