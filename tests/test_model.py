@@ -476,6 +476,11 @@ def test_categorical_latent_codes_and_kl_known_values(model_config, frames):
     assert torch.equal(codes.reshape(5, 3, 4).sum(-1), torch.ones(5, 3))  # one-hot per group
     assert categorical_kl(uniform.mean, uniform).tolist() == pytest.approx([0.0] * 5, abs=1e-6)
     assert categorical_kl(codes, uniform).tolist() == pytest.approx([3 * math.log(4)] * 5, rel=1e-4)
+    # Each entry of a code is a 0/1 indicator: std sqrt(p (1 - p)), here sqrt(0.25 * 0.75), and what draws show.
+    assert uniform.std.shape == (5, 12) and torch.allclose(uniform.std, torch.full((5, 12), math.sqrt(0.1875)))
+    skewed = Categorical(torch.tensor([[[0.7, 0.2, 0.1]]]).expand(20000, 1, 3))
+    drawn = skewed.sample(torch.Generator().manual_seed(1))
+    assert torch.allclose(drawn.std(0), skewed.std[0], atol=0.01)
 
     latent = replace(model_config.latent, distribution="categorical", classes=4)
     model = WorldModel(replace(model_config, latent=latent))

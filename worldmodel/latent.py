@@ -63,8 +63,8 @@ class Categorical:
 
     It answers to the same names as `Gaussian` where the model uses them: `mean` is the expected code (the class
     probabilities, flattened; the KL reads it), `code` the most likely one-hot code (the transition only ever sees
-    one-hot codes, so deterministic predictions and the energy use this, not the mean), `std` a placeholder of the
-    same shape, `sample` draws one-hot codes and `rsample` draws them with straight-through gradients (the one-hot
+    one-hot codes, so deterministic predictions and the energy use this, not the mean), `std` each entry's
+    standard deviation, `sample` draws one-hot codes and `rsample` draws them with straight-through gradients (the one-hot
     forward, the probabilities' gradient backward).
     """
 
@@ -76,7 +76,10 @@ class Categorical:
 
     @property
     def std(self) -> torch.Tensor:
-        return torch.ones_like(self.mean)
+        """Standard deviation of each entry of the flattened code: an entry is a 0/1 indicator of its class, so
+        sqrt(p (1 - p)). The KL reads the probabilities; analysis measures distances between codes in these units."""
+        probs = self.mean
+        return (probs * (1.0 - probs)).sqrt()
 
     def _one_hot(self, index: torch.Tensor) -> torch.Tensor:
         """(..., G) class indices -> (..., G, K) one-hot codes in the probabilities' dtype."""
