@@ -63,8 +63,8 @@ class Categorical:
 
     It answers to the same names as `Gaussian` where the model uses them: `mean` is the expected code (the class
     probabilities, flattened; the KL reads it), `code` the most likely one-hot code (the transition only ever sees
-    one-hot codes, so deterministic predictions and the energy use this, not the mean), `std` each entry's
-    standard deviation, `sample` draws one-hot codes and `rsample` draws them with straight-through gradients (the one-hot
+    one-hot codes, so deterministic predictions and the energy use this, not the mean), `std` each entry's standard
+    deviation, `sample` draws one-hot codes and `rsample` draws them with straight-through gradients (the one-hot
     forward, the probabilities' gradient backward).
     """
 
