@@ -4,9 +4,10 @@ Each run is `torchrun --standalone --nproc-per-node 2` of a tiny DDP job (a few 
 digest exchange the trainer does with `gather_objects`). Rank 0 lingers a moment, as it does while it evaluates and
 saves the model, so rank 1 leaves first. Then `training.distributed.shutdown` (drain on) or the same without the
 drain. Without the drain a gloo worker can still be releasing the last collective's tensors when rank 1's
-interpreter finalises, and the process aborts ("terminate called without an active exception", exit -6).
+interpreter finalises, and the process aborts ("terminate called without an active exception", SIGABRT; torchrun
+then exits 1).
 
-    runs, aborted   launches and those that did not exit 0, per mode
+    runs, aborted   launches and those that did not exit 0 (a launch still running after 120 s counts, as -1)
     abort_rate      aborted / runs
 
     .venv/bin/python bench/ddp_teardown.py [--runs 40] [--modes drain no-drain]
@@ -48,7 +49,10 @@ def launch(drain: bool, linger_s: float) -> int:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", __file__,
                "--worker", "--linger", str(linger_s), *([] if drain else ["--no-drain"])]
     env = {key: value for key, value in os.environ.items() if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120).returncode
+    try:
+        return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120).returncode
+    except subprocess.TimeoutExpired:
+        return -1  # a hang counts as a failed exit too
 
 
 def main() -> None:
