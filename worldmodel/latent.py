@@ -222,7 +222,8 @@ class Latent(nn.Module):
         return self.cost_weight * cost.mean()
 
     def prior_fit_loss(self, prior: Gaussian, posterior: Gaussian) -> torch.Tensor:
-        """sparse only: fit the sampling prior to the detached codes by maximum likelihood; 0 for kl (the KL trains it)."""
+        """sparse only: fit the sampling prior to the detached codes by maximum likelihood; 0 for kl (the KL trains
+        it)."""
         if self.config.capacity == "kl":
             return prior.mean.new_zeros(())
         return -prior.log_prob(posterior.mean.detach()).mean() / self.config.dim
