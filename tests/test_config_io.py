@@ -335,3 +335,22 @@ def test_config_hash_stable_and_sensitive():
     assert config_hash(changed) != config_hash(a)
     # Coerced values hash like their canonical form: steps=50.0 is the int 50.
     assert config_hash(merge(a, {"steps": 50.0})) == config_hash(a)
+
+
+def test_overrides_that_only_agree_together_apply_in_any_order():
+    from envs.physics import BallsConfig
+    from training.config import debug
+
+    # The debug preset has max_balls=2; BallsConfig checks max_balls >= min_balls as it is built.
+    for overrides in (["data.balls.min_balls=4", "data.balls.max_balls=6"],
+                      ["data.balls.max_balls=6", "data.balls.min_balls=4"]):
+        balls = apply_overrides(debug(), overrides).data.balls
+        assert isinstance(balls, BallsConfig) and (balls.min_balls, balls.max_balls) == (4, 6)
+    # A section set whole, then one of its fields: applied in order, the later one wins.
+    cfg = apply_overrides(preset(), ["model.encoder={width: 7}", "model.encoder.width=8", "steps=6", "steps=7"])
+    assert cfg.model.encoder.width == 8 and cfg.steps == 7
+    cfg = apply_overrides(preset(), ["model.encoder.width=8", "model.encoder={width: 7}"])
+    assert cfg.model.encoder.width == 7
+    # A final state that is invalid still names the field.
+    with pytest.raises(ConfigError, match="max_balls must be an int >= min_balls"):
+        apply_overrides(debug(), ["data.balls.min_balls=4"])

@@ -133,7 +133,13 @@ def apply_overrides(cfg: T, overrides: Iterable[str]) -> T:
     if isinstance(overrides, str):
         # A bare string would otherwise be iterated character by character.
         raise ConfigError(f"apply_overrides expects a list of 'KEY=VALUE' strings, got the string {overrides!r}")
-    result = cfg
+    # Overrides are merged into one nested mapping and built at once, so a config whose __post_init__ checks
+    # its own fields (BallsConfig: max_balls >= min_balls) never sees a half-applied state such as
+    # `data.balls.min_balls=4 data.balls.max_balls=6` against a preset's max_balls=2. Only when a later override
+    # reaches into a value an earlier one set whole (`model.encoder={width: 7}` then `model.encoder.width=8`) is
+    # the pending group built first, which keeps "in order, later ones win". The `validate()` methods run once at
+    # the end either way.
+    result, pending = cfg, {}
     for item in overrides:
         if not isinstance(item, str) or "=" not in item:
             raise ConfigError(f"Invalid override {item!r}: expected KEY=VALUE, e.g. optim.lr=1e-3")
@@ -144,14 +150,31 @@ def apply_overrides(cfg: T, overrides: Iterable[str]) -> T:
             raise ConfigError(f"Invalid override {item!r}: the key must be a dotted path such as model.encoder.dim")
         parts = [part.strip() for part in parts]
         _check_override_path(result, parts)
-        nested: Any = _CliValue(raw)
-        for part in reversed(parts):
-            nested = {part: nested}
-        # Build without validating: an intermediate state may violate a cross-field constraint that a later
-        # override fixes (e.g. changing heads then width), so validation runs once at the end.
-        result = _build(type(result), nested, "", result)
+        if not _merge_override(pending, parts, _CliValue(raw)):
+            result, pending = _build(type(result), pending, "", result), {}
+            _merge_override(pending, parts, _CliValue(raw))
+    if pending:
+        result = _build(type(result), pending, "", result)
     _validate_tree(result, "")
     return result
+
+
+def _merge_override(pending: dict[str, Any], parts: list[str], value: Any) -> bool:
+    """Put value at the dotted path parts of the nested mapping pending. False (pending unchanged) when the path
+    runs through a value that an earlier override set whole, or would replace a group of earlier ones: the two
+    must then be applied one after the other."""
+    node: Any = pending
+    for part in parts[:-1]:
+        node = node.get(part, {})
+        if not isinstance(node, dict):
+            return False
+    if isinstance(node.get(parts[-1]), dict):
+        return False
+    node = pending
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return True
 
 
 def resolve_config(
