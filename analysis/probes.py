@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from envs.clips import generate_clips
-from envs.physics import BallsConfig
+from envs.physics import BallsConfig, sample_initial
 from worldmodel.model import WorldModel
 
 from . import inference
@@ -261,13 +261,33 @@ def _subset(features: np.ndarray, target: Target, rows: np.ndarray) -> Split:
 
 
 def ood_config(balls: BallsConfig) -> BallsConfig:
-    """Speeds and radii above the training ranges (capped so that balls still fit in the box)."""
+    """Speeds above the training range, and radii outside it: above it (1.1-1.35x the largest) where such balls
+    still fit in the box, else the largest step above it that fits, else below it (0.6-0.85x the smallest) for a
+    simulator whose balls already fill the box. The probe JSON records the settings used (`ood_balls`)."""
     s_lo, s_hi = balls.speed_range
     speed = (s_hi * 1.15, s_hi * 1.6)
-    r_hi = balls.radius_range[1]
-    radius_cap = math.sqrt(0.45 / (math.pi * balls.max_balls)) - 1e-3
-    radius = (min(r_hi * 1.1, radius_cap - 0.01), min(r_hi * 1.35, radius_cap))
-    return replace(balls, speed_range=speed, radius_range=radius, max_speed=max(balls.max_speed, speed[1]))
+    faster = replace(balls, speed_range=speed, max_speed=max(balls.max_speed, speed[1]))
+    r_lo, r_hi = balls.radius_range
+    area_cap = math.sqrt(0.45 / (math.pi * balls.max_balls)) - 1e-3  # all balls together cover <= 45% of the box
+    for low, high in ((1.1, 1.35), (1.05, 1.2), (1.02, 1.08)):
+        radius = (min(r_hi * low, area_cap - 0.01), min(r_hi * high, area_cap))
+        if radius[0] > r_hi and radius[1] > radius[0] and _placeable(replace(faster, radius_range=radius)):
+            return replace(faster, radius_range=radius)
+    return replace(faster, radius_range=(r_lo * 0.6, r_lo * 0.85))
+
+
+def _placeable(balls: BallsConfig, draws: int = 64) -> bool:
+    """Whether the simulator lays out `draws` clips of these settings with their largest balls (a config whose
+    balls only sometimes fit would fail somewhere in a long probe set)."""
+    crowded = replace(balls, min_balls=balls.max_balls, radius_range=(balls.radius_range[1] * (1 - 1e-9),
+                                                                      balls.radius_range[1]))
+    rng = np.random.default_rng(0)
+    try:
+        for _ in range(draws):
+            sample_initial(crowded, rng)
+    except ValueError:
+        return False
+    return True
 
 
 def hidden_config(balls: BallsConfig) -> BallsConfig:
@@ -360,7 +380,8 @@ def run_probes(model: WorldModel, balls: BallsConfig, config: ProbeConfig | None
 
     # In-distribution and OOD clips, their features and targets.
     clips = generate_clips(balls, config.clips, length, seed=config.seed)
-    ood = generate_clips(ood_config(balls), config.ood_clips, length, seed=config.seed + 1)
+    ood_balls = ood_config(balls)
+    ood = generate_clips(ood_balls, config.ood_clips, length, seed=config.seed + 1)
     split = split_indices(config.clips, config.seed)
     rows = {name: _row_mask(idx, length, config.clips) for name, idx in split.items()}
 
@@ -405,7 +426,7 @@ def run_probes(model: WorldModel, balls: BallsConfig, config: ProbeConfig | None
         "targets": results,
         "predicted": predicted,
         "contact_readout": readout,
-        "config": {**asdict(config), "window": window, "ood_balls": ood_config(balls).to_dict()},
+        "config": {**asdict(config), "window": window, "ood_balls": ood_balls.to_dict()},
         "seconds": time.perf_counter() - started,
     }
 

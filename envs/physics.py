@@ -36,7 +36,9 @@ DEFAULT_PALETTE: tuple[tuple[int, int, int], ...] = (
 """Distinct saturated colours; none is gray, so a ball can never be mistaken for the occluder."""
 
 _MAX_PLACEMENT_TRIES = 2000
-"""Rejection-sampling attempts per ball before declaring the config too crowded to place without overlap."""
+"""Rejection-sampling attempts per ball before its layout is drawn again (`_place`)."""
+_MAX_LAYOUTS = 20
+"""Whole layouts drawn before declaring the config too crowded to place without overlap."""
 
 
 def _is_int(value: object) -> bool:
@@ -254,6 +256,24 @@ def bar_columns(x: float, width: float, side: int) -> tuple[int, int]:
     return max(c0, 0), min(max(c1, c0 + 1), side)
 
 
+def _place(positions: np.ndarray, radii: np.ndarray, wall: np.ndarray, rng: np.random.Generator) -> bool:
+    """Rejection-sample non-overlapping centres for balls of the given radii (largest first) into positions[:n],
+    clear of the wall; False when one ball finds no room. Big balls can fill the box so that the last one has no
+    room wherever it goes (two balls of radius 0.25 with the first in the middle): then the whole layout is drawn
+    again rather than that ball alone."""
+    for i, r in enumerate(radii):
+        for _ in range(_MAX_PLACEMENT_TRIES):
+            p = rng.uniform(r, 1.0 - r, size=2)
+            gaps = np.hypot(*(positions[:i] - p).T) - (radii[:i] + r)
+            clear_of_wall = wall[1] <= wall[0] or p[0] + r <= wall[0] or p[0] - r >= wall[1]
+            if (i == 0 or gaps.min() > 0.0) and clear_of_wall:
+                positions[i] = p
+                break
+        else:
+            return False
+    return True
+
+
 def sample_initial(config: BallsConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Draw one clip's initial balls: count, radii, colours, non-overlapping positions and velocities.
 
@@ -281,20 +301,14 @@ def sample_initial(config: BallsConfig, rng: np.random.Generator) -> dict[str, n
         # Normalised by the largest possible radius so masses stay O(1) whatever the radius scale.
         masses[:n] = (radii[:n] / config.radius_range[1]) ** 2
     positions = np.zeros((m, 2))
-    for i in range(n):
-        r = radii[i]
-        for _ in range(_MAX_PLACEMENT_TRIES):
-            p = rng.uniform(r, 1.0 - r, size=2)
-            gaps = np.hypot(*(positions[:i] - p).T) - (radii[:i] + r)
-            clear_of_wall = wall[1] <= wall[0] or p[0] + r <= wall[0] or p[0] - r >= wall[1]
-            if (i == 0 or gaps.min() > 0.0) and clear_of_wall:
-                positions[i] = p
-                break
-        else:
-            raise ValueError(
-                f"could not place {n} balls without overlap after {_MAX_PLACEMENT_TRIES} tries; "
-                "reduce max_balls or radius_range"
-            )
+    for _ in range(_MAX_LAYOUTS):
+        if _place(positions, radii[:n], wall, rng):
+            break
+    else:
+        raise ValueError(
+            f"could not place {n} balls of radius up to {radii[0]:.3f} without overlap ({_MAX_LAYOUTS} layouts of "
+            f"{_MAX_PLACEMENT_TRIES} tries per ball); reduce max_balls or radius_range"
+        )
     velocities = np.zeros((m, 2))
     speeds = rng.uniform(config.speed_range[0], config.speed_range[1], size=n)
     velocities[:n] = _unit(rng.standard_normal((n, 2))) * speeds[:, None]

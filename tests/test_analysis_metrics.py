@@ -13,6 +13,7 @@ from analysis.metrics import (
 )
 from analysis.probe_models import LogisticProbe, MLPProbe, RidgeProbe, Split
 from analysis.tracking import flatten_numbers
+from envs.physics import BallsConfig
 
 
 @pytest.fixture(autouse=True)
@@ -225,3 +226,23 @@ def test_headline_names_the_auroc_of_each_kind_of_scene():
     assert auroc["value"] == 0.8 and auroc["passed"] is False
     assert auroc["note"] == "behind the occluder 0.600, in view 1.000"
     assert rows["VoE permanence, behind the occluder only: pairwise accuracy"]["value"] == 0.8
+
+
+@pytest.mark.parametrize("balls", [
+    BallsConfig(),  # the default: bigger balls fit
+    BallsConfig(min_balls=1, max_balls=2, radius_range=(0.15, 0.22)),  # big balls: only a smaller step up fits
+    BallsConfig(min_balls=1, max_balls=1, radius_range=(0.3, 0.37)),  # the box is full already: smaller balls
+], ids=["default", "big", "full"])
+def test_ood_probe_clips_lie_outside_the_training_ranges_and_can_be_generated(balls):
+    from envs.clips import generate_clips
+    from analysis.probes import ood_config
+
+    ood = ood_config(balls)
+    assert ood.speed_range[0] > balls.speed_range[1] and ood.max_speed >= ood.speed_range[1]
+    above, below = ood.radius_range[0] > balls.radius_range[1], ood.radius_range[1] < balls.radius_range[0]
+    assert above or below
+    if balls.radius_range == (0.08, 0.14):
+        assert ood.radius_range == pytest.approx((0.154, 0.189))  # what the default has always used
+    clips = generate_clips(ood, 48, 4, seed=3)
+    radii = clips.state["radii"][clips.state["radii"] > 0]
+    assert radii.min() >= ood.radius_range[0] - 1e-9 and radii.max() <= ood.radius_range[1] + 1e-9

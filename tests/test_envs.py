@@ -416,3 +416,28 @@ def test_split_clips() -> None:
     assert not np.array_equal(val, split_clips(20, 0.25, seed=1)[1])
     with pytest.raises(ValueError, match="val_fraction"):
         split_clips(20, 1.0, seed=0)
+
+
+def test_big_balls_that_block_each_other_are_laid_out_again_not_refused(monkeypatch):
+    from envs import physics
+    from envs.physics import sample_initial
+
+    # Two balls of radius 0.25-0.26: the first one near the middle leaves the second no room anywhere, so a
+    # ball-by-ball rejection sampler fails on such a layout; drawing the whole layout again finds one.
+    config = BallsConfig(min_balls=2, max_balls=2, radius_range=(0.25, 0.26))
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        state = sample_initial(config, rng)
+        (x0, y0), (x1, y1) = state["positions"][:2]
+        r0, r1 = state["radii"][:2]
+        assert np.hypot(x1 - x0, y1 - y0) > r0 + r1
+        assert all(r <= p <= 1 - r for (p, r) in ((x0, r0), (y0, r0), (x1, r1), (y1, r1)))
+
+    # What finds no layout gets the error that says what to change (a tiny budget of tries stands in for a box
+    # too crowded to fill: one that is over-full by area is refused by BallsConfig itself).
+    monkeypatch.setattr(physics, "_MAX_PLACEMENT_TRIES", 1)
+    monkeypatch.setattr(physics, "_MAX_LAYOUTS", 3)
+    tight = BallsConfig(min_balls=2, max_balls=2, radius_range=(0.26, 0.267))
+    with pytest.raises(ValueError, match="could not place 2 balls.*3 layouts.*reduce max_balls or radius_range"):
+        for _ in range(20):
+            sample_initial(tight, rng)
