@@ -86,8 +86,11 @@ def fork_configs(balls: BallsConfig, config: FuturesConfig, context: int, horizo
         for probabilities in config.families
     }
     if config.bounce:
+        # A scatter only turns the velocity (the speed is restored), so the two ways part at most about
+        # 2 * speed * horizon: slow simulators get a separation they can reach, half of that at the mean speed.
+        reach = 0.5 * (balls.speed_range[0] + balls.speed_range[1]) * horizon
         forks["bounce"] = ForkConfig(event="bounce", kick=config.kick or balls.bounce_kick, context=context,
-                                     horizon=horizon, min_separation=separation)
+                                     horizon=horizon, min_separation=min(separation, reach))
     return forks
 
 

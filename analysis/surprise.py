@@ -203,6 +203,7 @@ def run_surprise(model: WorldModel, balls: BallsConfig, config: SurpriseConfig |
         "context": context,
         "clip_length": int(next(iter(suite.values())).possible.shape[1]),
         "config": asdict(config),
+        "scenes": asdict(next(iter(suite.values())).config),  # the VoE suite's settings as drawn (envs.voe.VoEConfig)
         "seconds": time.perf_counter() - started,
     }
 

@@ -203,6 +203,13 @@ def _draw_kick(balls: BallsConfig, fork: ForkConfig, rng: np.random.Generator) -
     return ctx_states, fut_states, fut_positions, angles
 
 
+def bounce_search_steps(balls: BallsConfig, fork: ForkConfig) -> int:
+    """Steps a 'bounce' scene's ball may run before it is redrawn: fork.search_steps, or the time a ball of the
+    simulator's mean speed takes to cross the box when that is longer (slow balls need a while to reach a side)."""
+    mean_speed = 0.5 * (balls.speed_range[0] + balls.speed_range[1])
+    return max(fork.search_steps, math.ceil(1.0 / max(mean_speed, 1e-3)))
+
+
 def _draw_bounce(balls: BallsConfig, fork: ForkConfig, rng: np.random.Generator) -> Drawn | None:
     """The drawn balls run freely until ball 0 bounces off one side of the box; the context is the C frames before
     that bounce and the two ways are the rough wall's scatter along that side (`BallsConfig.bounce_kick_prob`),
@@ -212,7 +219,7 @@ def _draw_bounce(balls: BallsConfig, fork: ForkConfig, rng: np.random.Generator)
     c, f, m = fork.context, fork.horizon, balls.max_balls
     free = BallsBatch(balls.deterministic(), [sample_initial(balls, rng)])
     states, fork_step, bounced = [free.state()], None, []
-    for step in range(c - 1 + fork.search_steps):
+    for step in range(c - 1 + bounce_search_steps(balls, fork)):
         free.step(np.zeros((1, m)), np.zeros((1, m, 2)))
         states.append(free.state())
         bounced.append(free.bounced[0].any(-1))  # (M,): which balls touched the border in this step
@@ -261,10 +268,12 @@ def generate_fork_scenes(balls: BallsConfig, fork: ForkConfig, num_scenes: int, 
 
     kept_context, kept_future, kept_angles, kept_realized, kept_unkicked = [], [], [], [], []
     for index in range(num_scenes):
+        undrawn = 0  # attempts whose draw itself failed (see _draw_bounce / _draw_kick), not the separation
         for attempt in range(_MAX_ATTEMPTS):
             rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, attempt)))
             drawn = draw(balls, fork, rng)
             if drawn is None:
+                undrawn += 1
                 continue
             ctx_states, fut_states, fut_positions, angles = drawn
             realized = int(rng.choice(k, p=probs))
@@ -273,9 +282,17 @@ def generate_fork_scenes(balls: BallsConfig, fork: ForkConfig, num_scenes: int, 
             if gaps.min() >= fork.min_separation:
                 break
         else:
+            if undrawn == _MAX_ATTEMPTS and fork.event == "bounce":
+                raise ValueError(
+                    f"could not draw bounce fork scene {index} in {_MAX_ATTEMPTS} tries: ball 0 never bounced once "
+                    f"off one side within {bounce_search_steps(balls, fork)} steps without a second bounce (or, "
+                    "under rough walls, another ball's) in the context or horizon; shorten the horizon or raise "
+                    "ForkConfig.search_steps"
+                )
             raise ValueError(
                 f"could not draw {fork.event} fork scene {index} with ways at least ForkConfig.min_separation="
-                f"{fork.min_separation} apart after {_MAX_ATTEMPTS} tries; lower min_separation or raise kick"
+                f"{fork.min_separation} apart after {_MAX_ATTEMPTS} tries ({undrawn} of them drew no scene); "
+                "lower min_separation or raise kick"
             )
         kept_context.append(_stack_states(ctx_states))  # (1, C, M, ...)
         future = _stack_states(fut_states[1:])  # (K + 1, F, M, ...)

@@ -39,7 +39,7 @@ from typing import Callable
 
 import numpy as np
 
-from envs.physics import BallsBatch, BallsConfig
+from envs.physics import BallsBatch, BallsConfig, bar_columns
 from envs.raster import Painter, Shape, Wall
 
 PROPERTIES: tuple[str, ...] = (
@@ -68,7 +68,10 @@ class VoEConfig:
     occluder_x: float = 0.5
     """Centre of the occluder in the permanence-behind-occluder scenes."""
     occluder_width: float = 0.3
-    """Width of that occluder: wide enough to hide a ball completely."""
+    """Width of that occluder: wide enough to hide a ball completely. An upper bound: for a simulator whose balls
+    are small or slow, so that fewer than 1 in 10 of the suite's crossings would hide the ball for 1 to
+    `max_hidden_frames` frames, the suite narrows it to the whole-pixel width where most do (`fitted_to`; the
+    default simulator keeps 0.3)."""
     max_hidden_frames: int = 3
     """A ball may stay fully hidden at most this many frames (a model with a short context must still remember it)."""
     wall_width: float = 0.06
@@ -84,6 +87,19 @@ class VoEConfig:
     smooth (`BallsConfig.bounce_kick_prob` = 0). Scenes run without randomness, so their border bounces are clean
     mirror bounces; under rough walls every training bounce scatters, so a clean one is itself an event no training
     clip shows, and a "possible" clip holding one would not be possible for the model under test."""
+
+    def fitted_to(self, balls: BallsConfig) -> VoEConfig:
+        """This config with the occluder narrowed, where needed, to one the simulator's balls can cross within
+        `max_hidden_frames` (see `occluder_width`); unchanged while at least 1 in 10 of its crossings can."""
+        size = balls.image_size
+        radii = self.radius_range or balls.radius_range
+        speeds = self.speed_range or _raised_speeds(balls.speed_range)
+        odds = lambda width: _crossing_odds(self, width, size, radii, speeds)  # noqa: E731
+        if odds(self.occluder_width) >= 0.1:
+            return self
+        widths = [n / size for n in range(2, int(self.occluder_width * size) + 1)]
+        best = max(widths, key=lambda width: (odds(width), width))
+        return replace(self, occluder_width=best) if odds(best) > 0 else self
 
     def validate(self) -> None:
         if self.length < 4:
@@ -216,6 +232,31 @@ class World:
 # --------------------------------------------------------------------------------------------------- building blocks
 
 
+def _crossing_odds(voe: VoEConfig, width: float, size: int, radii: tuple[float, float],
+                   speeds: tuple[float, float]) -> float:
+    """The share of the suite's crossings (a ball of a radius and speed from these ranges, at a random phase) that
+    an occluder of this width hides fully for 1..max_hidden_frames frames, on a 9 x 9 grid of radius and speed.
+
+    A ball of radius r is fully hidden (rim included: half a pixel each side, see `_hidden`) while its centre is in
+    a stretch of the bar's rounded columns L = bar - 2r - 1 pixel long; moving s per frame, it is seen there in
+    floor(L / s) frames or one more, the latter with probability frac(L / s)."""
+    c0, c1 = bar_columns(voe.occluder_x, width, size)
+    hi = min(radii[1], 0.5 * width - 1.0 / size)  # the radius cap of `_Scene`
+    if hi < radii[0]:
+        return 0.0  # too narrow to hide even the smallest ball
+    r = np.linspace(radii[0], hi, 9)[:, None]
+    s = np.linspace(speeds[0], speeds[1], 9)[None, :]
+    frames = np.clip((c1 - c0) / size - 2 * r - 1.0 / size, 0.0, None) / s
+    low, extra = np.floor(frames), frames - np.floor(frames)
+    allowed = lambda k: ((k >= 1) & (k <= voe.max_hidden_frames)).astype(float)  # noqa: E731
+    return float(((1 - extra) * allowed(low) + extra * allowed(low + 1)).mean())
+
+
+def _raised_speeds(speed_range: tuple[float, float]) -> tuple[float, float]:
+    """The simulator's speeds raised to at least 0.025 sides per step, so that events are visible."""
+    return max(speed_range[0], 0.025), max(speed_range[1], 0.025)
+
+
 class _Scene:
     """Shared sampling helpers for one pair: the generator, the simulator config and the suite config."""
 
@@ -227,10 +268,7 @@ class _Scene:
             hi = min(hi, 0.5 * voe.occluder_width - 1.0 / balls.image_size)
             lo = min(lo, hi)
         self.radius_range = (lo, hi)
-        slo, shi = voe.speed_range or balls.speed_range
-        if voe.speed_range is None:
-            slo, shi = max(slo, 0.025), max(shi, 0.025)
-        self.speed_range = (slo, shi)
+        self.speed_range = voe.speed_range or _raised_speeds(balls.speed_range)
         self.colors = [tuple(int(c) for c in color) for color in rng.permutation(np.asarray(balls.palette))]
 
     def t_event(self) -> int:
@@ -603,6 +641,7 @@ def generate_pairs(
     voe = voe or VoEConfig()
     voe.validate()
     balls.validate()
+    voe = voe.fitted_to(balls)
     if property not in _BUILDERS:
         raise ValueError(f"unknown VoE property {property!r}; expected one of {', '.join(PROPERTIES)}")
     if not (isinstance(num_pairs, int) and num_pairs >= 1):

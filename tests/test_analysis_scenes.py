@@ -361,3 +361,41 @@ def test_step_events_put_a_scatter_on_the_step_whose_next_frame_shows_it():
     velocities = np.stack([s["velocities"] for s in states], 1)
     kicked = np.stack([s["kicked"] for s in states], 1)
     assert step_events(velocities, kicked)["fork"].tolist() == [[False, True, False]] * 2
+
+
+@pytest.mark.parametrize("radii,size", [((0.02, 0.04), 32), ((0.04, 0.07), 64)], ids=["tiny-32px", "small-64px"])
+def test_small_balls_get_an_occluder_they_can_cross_within_the_hidden_limit(radii, size):
+    # The 0.3-wide occluder hides a ball of radius 0.03 for 5-9 frames, far over the limit of context - 2 frames:
+    # the suite narrows it to whole pixels that hide such balls for 1..limit frames, and draws the pairs.
+    balls = BallsConfig(image_size=size, max_balls=2, radius_range=radii)
+    context = 3 if size == 32 else 4
+    voe = voe_config_for(context)
+    fitted = voe.fitted_to(balls)
+    assert fitted.occluder_width < voe.occluder_width
+    assert fitted.occluder_width * size == pytest.approx(round(fitted.occluder_width * size))
+    assert fitted.occluder_width >= 2 * radii[0] + 2.0 / size  # still hides the smallest ball, rim included
+    pairs = generate_pairs(balls, "permanence", 8, seed=0, voe=voe)
+    assert pairs.config.occluder_width == fitted.occluder_width
+    hidden = np.char.endswith(pairs.variant.astype(str), "occluder")
+    assert hidden.sum() >= 4 and len(pairs) == 8
+    # The default simulator keeps the configured occluder (so the suite's scenes are unchanged).
+    assert voe.fitted_to(BallsConfig(image_size=64)) == voe and voe_config_for(3).fitted_to(SMALL) == voe_config_for(3)
+
+
+def test_slow_balls_bounce_fork_scenes_are_drawn_with_a_separation_they_can_reach():
+    from analysis.multifuture import FuturesConfig, fork_configs
+    from envs.scenes import bounce_search_steps
+
+    slow = BallsConfig(image_size=32, max_balls=2, speed_range=(0.004, 0.012), bounce_kick_prob=1.0)
+    forks = fork_configs(slow, FuturesConfig(), context=4)
+    bounce = forks["bounce"]
+    # A scatter turns the velocity and keeps the speed: two ways part at most ~2 * 0.012 * 10 = 0.24 in 10 steps.
+    assert bounce.min_separation == pytest.approx(0.008 * 10)
+    assert forks["2way"].min_separation == pytest.approx(ForkConfig.min_separation)  # kicks are not capped
+    assert bounce_search_steps(slow, bounce) == 125  # a ball at the mean speed crosses the box in 125 steps
+    scenes = generate_fork_scenes(slow, bounce, 6, seed=0)
+    end = scenes.mode_positions()[:, :, -1]  # (S, 2, 2)
+    assert np.all(np.hypot(*(end[:, 0] - end[:, 1]).T) >= bounce.min_separation)
+    # The default simulator keeps its separation and search budget.
+    default = fork_configs(BallsConfig(), FuturesConfig(), context=4)["bounce"]
+    assert default.min_separation == ForkConfig.min_separation and bounce_search_steps(BallsConfig(), default) == 60
