@@ -537,6 +537,7 @@ def run_futures(model: WorldModel, balls: BallsConfig, config: FuturesConfig | N
         "capacity": capacity_point(model, balls, window=window),
         "capacity_by_event": capacity_by_event(model, balls, window=window, seed=config.seed + 60),
         "targets": targets,
-        "config": {**asdict(config), "window": window, "context": context},
+        "config": {**asdict(config), "window": window, "context": context,
+                   "forks": {name: asdict(fork) for name, fork in forks.items()}},  # as drawn (envs.scenes.ForkConfig)
         "seconds": time.perf_counter() - started,
     }

@@ -78,6 +78,8 @@ def test_surprise_command_logs_a_nested_analysis_run(run_dir, tmp_path):
     for key in ("pairwise_accuracy", "auroc", "peak_aligned", "control_accuracy_mean", "effect_size_h"):
         assert key in energy and 0.0 <= energy["pairwise_accuracy"] <= 1.0
     assert "prior" in result["properties"]["permanence"]
+    # The suite's scene settings as drawn: the debug simulator's balls keep the default occluder.
+    assert result["scenes"]["occluder_width"] == 0.3 and result["scenes"]["max_hidden_frames"] == 1
     assert (out / "surprise-energy.png").is_file() and (out / "voe.png").is_file()
 
     from mlflow.tracking import MlflowClient
@@ -111,6 +113,8 @@ def test_futures_command(run_dir, tmp_path):
     assert result["families"]["bounce"]["ns"] == [1, 5]
     assert result["families"]["bounce"]["simulator_ceiling"]["mode_coverage"]["5"] < 0.5
     assert result["targets"]["headline_family"] == "2way"
+    assert result["config"]["forks"]["bounce"]["event"] == "bounce"  # the fork settings as drawn
+    assert result["config"]["forks"]["2way"]["min_separation"] == pytest.approx(0.06)  # 0.15 at h=10, scaled to h=4
     # A kick shows in the frame it happens in, a rough wall's scatter one frame later (it turns the velocity after the
     # bounce's move); the free search over z can only match or beat the posterior's code.
     for name, frame in (("2way", "0"), ("bounce", "1")):
