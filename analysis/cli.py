@@ -138,8 +138,10 @@ def add_analysis_parsers(commands: argparse._SubParsersAction) -> None:
 # --------------------------------------------------------------------------------------------------- handlers
 
 
-def _setup(args: argparse.Namespace):
-    """Threads, model, simulator settings, predictor window and output folder of a command."""
+def _setup(args: argparse.Namespace, *, simulator_suite: bool = True):
+    """Threads, model, simulator settings, predictor window and output folder of a command. simulator_suite: the
+    command rolls the model out on the simulator (futures, probe, surprise), so it refuses an action-conditioned
+    model; the report leaves those parts out instead."""
     import torch
 
     from .inference import trained_window
@@ -156,10 +158,11 @@ def _setup(args: argparse.Namespace):
         except ImportError:
             os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
     model, model_dir = load_model(args.checkpoint, device=args.device)
-    check_model(model)
+    if simulator_suite:
+        check_model(model)
     model.eval()
     note = foreign_data_note(model_dir)
-    if note:
+    if note and simulator_suite:
         print(f"note: {note}", file=sys.stderr)
     balls = simulator_config(model_dir, model.config.image_size)
     window = args.window or trained_window(model, model_dir)
@@ -283,7 +286,7 @@ def command_surprise(args: argparse.Namespace) -> int:
 def command_report(args: argparse.Namespace) -> int:
     from .report import ReportConfig, build_report
 
-    model, model_dir, _, window, run_dir, out = _setup(args)
+    model, model_dir, _, window, run_dir, out = _setup(args, simulator_suite=False)
     del model
     config = ReportConfig(futures=_futures_config(args), probes=_probe_config(args),
                           surprise=_surprise_config(args), skip=tuple(args.skip), compare=tuple(args.compare))

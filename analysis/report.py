@@ -15,7 +15,7 @@ from __future__ import annotations
 import html
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,8 @@ def check_model(model: WorldModel) -> None:
     if getattr(model.config, "action_dim", 0):
         raise ValueError(
             f"this model is action-conditioned (model.action_dim={model.config.action_dim}); the analysis suites "
-            "use the bouncing-balls simulator, which has no actions"
+            "use the bouncing-balls simulator, which has no actions (`worldmodel report` shows what applies: training "
+            "curves, collapse telemetry and the futures of the run's own clip; `worldmodel sample` samples more)"
         )
 
 
@@ -248,7 +249,6 @@ def build_report(checkpoint: str | Path, out: str | Path | None = None, config: 
     config = config or ReportConfig()
     started = time.perf_counter()
     model, model_dir = load_model(checkpoint, device=device)
-    check_model(model)
     model.eval()
     balls = simulator_config(model_dir, model.config.image_size)
     window = window or inference.trained_window(model, model_dir)
@@ -256,6 +256,16 @@ def build_report(checkpoint: str | Path, out: str | Path | None = None, config: 
     out = Path(out) if out else (run_dir or model_dir.parent) / "analysis" / "report"
     out.mkdir(parents=True, exist_ok=True)
     notes = [note] if (note := foreign_data_note(model_dir)) else []
+    acts = bool(getattr(model.config, "action_dim", 0))
+    if acts:
+        # The suites and their videos roll the model out on the action-free simulator; what is left still tells a
+        # person how training went and what the model predicts of its own data.
+        config = replace(config, skip=tuple(sorted(set(config.skip) | set(ANALYSES))))
+        notes.append(f"this model is action-conditioned (model.action_dim={model.config.action_dim}): the futures, "
+                     "probe and surprise suites and their videos drive the bouncing-balls simulator, which has no "
+                     "actions, so they are left out; shown are the training curves, the collapse telemetry of "
+                     "simulator frames, and the futures training sampled of the run's own validation clip (which "
+                     "follow its recorded actions)")
     for note in notes:
         log(f"report: note: {note}")
 
@@ -286,7 +296,7 @@ def build_report(checkpoint: str | Path, out: str | Path | None = None, config: 
     history = training_history(run_dir, use_mlflow=mlflow) if run_dir is not None else {}
     if history:
         figures.insert(-1, ("Training curves", plots.training_curves(history, out / "training.png")))
-    videos = _own_video(run_dir, out) + _videos(model, balls, config, out, window, log)
+    videos = _own_video(run_dir, out) + ([] if acts else _videos(model, balls, config, out, window, log))
 
     rows = headline(results)
     index = _write_index(out, model_dir, window, rows, results, figures, videos, history_found=bool(history),

@@ -146,6 +146,29 @@ def test_report_command_writes_one_folder(run_dir, tmp_path):
     assert "videos/futures-own-data.mp4" in page and "note:" not in page  # a simulator run needs no transfer note
 
 
+def test_report_of_an_action_conditioned_model_shows_what_applies(tmp_path, capsys):
+    # A gym run with actions: the suites roll out on the action-free simulator, so the report leaves them out and
+    # says so, and keeps the collapse telemetry and the futures training sampled of the run's own clip.
+    root = tmp_path / "gym"
+    config = apply_overrides(debug(), [f"run.out_dir={root}", "data.source=gym", "model.action_dim=2"])
+    save_yaml(config, root / "config.yaml")
+    torch.manual_seed(0)
+    WorldModel(config.model).save(root / "model")
+    (root / "samples").mkdir()
+    (root / "samples" / "futures.mp4").write_bytes(b"mp4" * 100)
+    (root / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss/total": 1.0 / s, "error/prediction":
+                                                            0.5 / s}) + "\n" for s in (10, 20, 30)))
+    out = tmp_path / "report"
+    assert main(["report", "--checkpoint", str(root), "--out", str(out), "--no-mlflow", *COMMON]) == 0
+    assert not (out / "futures.json").exists() and not (out / "surprise.json").exists()
+    assert (out / "collapse.png").stat().st_size > 100 and (out / "videos" / "futures-own-data.mp4").is_file()
+    page = (out / "index.html").read_text()
+    assert "action-conditioned (model.action_dim=2)" in page and "left out" in page and "training.png" in page
+    # The suites themselves refuse it, pointing at the report.
+    assert main(["probe", "--checkpoint", str(root), "--no-mlflow", *COMMON]) == 2
+    assert "worldmodel report" in capsys.readouterr().err
+
+
 def test_bad_input_gets_a_one_line_error(run_dir, tmp_path, capsys):
     assert main(["probe", "--checkpoint", str(tmp_path / "missing"), "--no-mlflow"]) == 2
     assert "missing" in capsys.readouterr().err
