@@ -77,7 +77,8 @@ class VoEConfig:
     wall_width: float = 0.06
     """Width of the solid wall in the solidity scenes."""
     gravity: float = 0.004
-    """Downward acceleration in the gravity scenes (sides per step**2)."""
+    """Downward acceleration in the gravity scenes (sides per step**2) when the simulator has none; one with
+    gravity (`BallsConfig.gravity`) keeps its own there, and in every other scene too."""
     control_kick: float = 0.04
     """Velocity change of the control's kicks (the simulator's default kick_strength)."""
     distractor_prob: float = 0.5
@@ -180,10 +181,13 @@ class World:
         self.walls, self.solid_walls = walls, solid_walls
         self._faces = [w.faces(balls.image_size) for w in walls]
 
-    def run(self, balls: list[Ball], length: int, *, gravity: float = 0.0, edits: dict[int, Edit] | None = None,
-            gravity_from: dict[int, float] | None = None) -> list[list[Ball]]:
-        """Frames 0..length-1 of ball states. edits[t] and gravity_from[t] act on the step into frame t."""
+    def run(self, balls: list[Ball], length: int, *, gravity: float | None = None,
+            edits: dict[int, Edit] | None = None, gravity_from: dict[int, float] | None = None) -> list[list[Ball]]:
+        """Frames 0..length-1 of ball states. edits[t] and gravity_from[t] act on the step into frame t. gravity:
+        None is the simulator's own (`BallsConfig.gravity`), so that every possible clip follows the physics the
+        model was trained on."""
         edits, gravity_from = edits or {}, gravity_from or {}
+        gravity = self.base.gravity if gravity is None else gravity
         current = [replace(b) for b in balls]
         frames = [current]
         for t in range(1, length):
@@ -513,7 +517,7 @@ def _gravity(scene: _Scene, index: int) -> Built | None:
     rng, v = scene.rng, scene.voe
     t = scene.t_event()
     r = scene.radius()
-    g = v.gravity
+    g = scene.balls.gravity or v.gravity  # a simulator with gravity keeps its own (its sign included)
     # Thrown so that it is in mid-air around t: start low-ish with an upward velocity, drifting sideways.
     main = scene.ball(float(rng.uniform(r, 1 - r)), float(rng.uniform(0.35, 0.8)), float(rng.uniform(-0.03, 0.03)),
                       float(rng.uniform(-0.05, 0.0)), r)

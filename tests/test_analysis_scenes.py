@@ -399,3 +399,25 @@ def test_slow_balls_bounce_fork_scenes_are_drawn_with_a_separation_they_can_reac
     # The default simulator keeps its separation and search budget.
     default = fork_configs(BallsConfig(), FuturesConfig(), context=4)["bounce"]
     assert default.min_separation == ForkConfig.min_separation and bounce_search_steps(BallsConfig(), default) == 60
+
+
+@pytest.mark.parametrize("gravity", [0.003, -0.002])
+def test_voe_worlds_follow_the_simulators_own_gravity(gravity):
+    from envs.voe import Ball, World
+
+    balls = BallsConfig(image_size=32, max_balls=2, gravity=gravity)
+    ball = Ball(x=0.5, y=0.5, vx=0.01, vy=0.0, radius=0.08, color=(255, 0, 0))
+    frames = World(balls).run([ball], 5)
+    # What the simulator itself does from the same state (no kicks): the possible clips obey the trained physics.
+    one = replace(balls.deterministic(), min_balls=1, max_balls=1)
+    sim = BallsBatch(one, [{"positions": np.array([[0.5, 0.5]]), "velocities": np.array([[0.01, 0.0]]),
+                            "radii": np.array([0.08]), "colors": np.zeros((1, 3), np.uint8), "masses": np.ones(1),
+                            "present": np.ones(1, bool)}])
+    for t in range(1, 5):
+        sim.step(np.zeros((1, 1)), np.zeros((1, 1, 2)))
+        assert frames[t][0].vy == pytest.approx(gravity * t)
+        assert (frames[t][0].x, frames[t][0].y) == pytest.approx(tuple(sim.positions[0, 0]))
+    assert World(BallsConfig()).run([ball], 3)[2][0].vy == 0.0  # no gravity: straight lines, as before
+    # Every property is drawn under the simulator's gravity; the gravity pairs flip its sign at the violation.
+    for prop in ("permanence", "solidity", "gravity", "control"):
+        assert len(generate_pairs(balls, prop, 2, seed=0, voe=voe_config_for(3))) == 2
