@@ -70,7 +70,7 @@ class ProbeConfig:
     contact_clips: int = 256
     """Clips with at least two balls for the Physion-style contact readout."""
     length: int = 16
-    """Frames per probe clip."""
+    """Frames per probe clip; at least the model's context_frames + 2 (raised to that, with a message)."""
     contact_within: int = 4
     """k of contact_within_k."""
     readout_future: int = 6
@@ -376,6 +376,12 @@ def run_probes(model: WorldModel, balls: BallsConfig, config: ProbeConfig | None
     started = time.perf_counter()
     window = window or model.config.predictor.max_len
     control = random_model(model, config.seed)
+    context = model.config.context_frames
+    if config.length < context + 2:
+        # The probes on predicted representations roll out from `context` frames and need a future to read.
+        log(f"probe: clips of {config.length} frames leave this model (context {context}) nothing to predict; "
+            f"using {context + 2}")
+        config = replace(config, length=context + 2)
     length = config.length
 
     # In-distribution and OOD clips, their features and targets.

@@ -203,7 +203,9 @@ def run_surprise(model: WorldModel, balls: BallsConfig, config: SurpriseConfig |
         "context": context,
         "clip_length": int(next(iter(suite.values())).possible.shape[1]),
         "config": asdict(config),
-        "scenes": asdict(next(iter(suite.values())).config),  # the VoE suite's settings as drawn (envs.voe.VoEConfig)
+        # The VoE suite's settings as drawn (envs.voe.VoEConfig), and per property the scenes slowed to fit.
+        "scenes": {**asdict(next(iter(suite.values())).config),
+                   "slowed": {name: pairs.slowed for name, pairs in suite.items()}},
         "seconds": time.perf_counter() - started,
     }
 

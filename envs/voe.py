@@ -134,10 +134,14 @@ class VoEPairs:
     """(P,) int64: the scene each pair comes from. Pairs of one scene are matched IntPhys-style (the impossible
     clips are splices of the possible ones), so summed over the group the frame content is balanced."""
     seed: int
-    """Root seed; scene j was drawn from SeedSequence(seed, spawn_key=(property index, j, attempt)); pairs are the
-    scenes' pairs in order, so a smaller set is a prefix of a larger one."""
+    """Root seed; scene j was drawn from SeedSequence(seed, spawn_key=(property index, j, attempt)) (a slowed scene:
+    (property index, j, attempt, 1 or 2)); pairs are the scenes' pairs in order, so a smaller set is a prefix of a
+    larger one."""
     config: VoEConfig = field(default_factory=VoEConfig)
     """Suite settings used."""
+    slowed: int = 0
+    """Scenes drawn at the slower end of the speed range because none could be at the full range (see
+    `generate_pairs`)."""
 
     def __len__(self) -> int:
         return int(self.possible.shape[0])
@@ -660,25 +664,39 @@ def generate_pairs(
     occluded = replace(balls, occluder=True, occluder_x=voe.occluder_x, occluder_width=voe.occluder_width)
     painters = {False: Painter(replace(balls, occluder=False)), True: Painter(occluded)}
     keep_bounces = voe.border_bounces if voe.border_bounces is not None else not balls.rough_walls
-    filled, scene = 0, 0
+    # A model with a long context needs a late violation, and a scene whose balls must travel to it from inside the
+    # box (a collision, a crossing) may then fit only for slower balls: when no attempt at the full speed range
+    # draws a scene, it is drawn again at the range's slower half, then its slowest quarter.
+    low, high = voe.speed_range or _raised_speeds(balls.speed_range)
+    speeds = [None, (low, low + 0.5 * (high - low)), (low, low + 0.25 * (high - low))]
+    filled, scene, slowed = 0, 0, 0
     while filled < num_pairs:
-        for attempt in range(_MAX_ATTEMPTS):
-            rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(prop_index, scene, attempt)))
-            built = _BUILDERS[property](_Scene(balls, voe, rng), scene)
-            if built is None:
-                continue
-            pairs, walls, occluder = built
-            if not keep_bounces and _bounces(pairs):
-                continue
-            painted = [_paint_pair(painters[occluder], walls, pair, voe) for pair in pairs]
-            if all(p is not None for p in painted):
+        drawn = None
+        for level, speed_range in enumerate(speeds):
+            scene_voe = voe if speed_range is None else replace(voe, speed_range=speed_range)
+            for attempt in range(_MAX_ATTEMPTS):
+                key = (prop_index, scene, attempt) if level == 0 else (prop_index, scene, attempt, level)
+                rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
+                built = _BUILDERS[property](_Scene(balls, scene_voe, rng), scene)
+                if built is None:
+                    continue
+                pairs, walls, occluder = built
+                if not keep_bounces and _bounces(pairs):
+                    continue
+                painted = [_paint_pair(painters[occluder], walls, pair, voe) for pair in pairs]
+                if all(p is not None for p in painted):
+                    drawn = pairs, painted
+                    break
+            if drawn is not None:
+                slowed += level > 0
                 break
-        else:
+        if drawn is None:
             raise ValueError(
-                f"could not draw VoE scene {scene} of property {property!r} in {_MAX_ATTEMPTS} tries with "
-                f"length={voe.length}, min_violation_frame={voe.min_violation_frame}, image_size={side}; "
-                "use longer clips or a smaller min_violation_frame"
+                f"could not draw VoE scene {scene} of property {property!r} in {_MAX_ATTEMPTS} tries (nor at the "
+                f"slower half or quarter of the speed range) with length={voe.length}, min_violation_frame="
+                f"{voe.min_violation_frame}, image_size={side}; use longer clips or a smaller min_violation_frame"
             )
+        pairs, painted = drawn
         for (clip_p, clip_i, t), (_, _, variant) in zip(painted, pairs):
             if filled == num_pairs:
                 break
@@ -687,7 +705,7 @@ def generate_pairs(
             filled += 1
         scene += 1
     return VoEPairs(property=property, possible=possible, impossible=impossible, violation_frame=frames_at,
-                    variant=np.asarray(variants), group=groups, seed=int(seed), config=voe)
+                    variant=np.asarray(variants), group=groups, seed=int(seed), config=voe, slowed=slowed)
 
 
 def _bounces(pairs: list[Pair]) -> bool:
