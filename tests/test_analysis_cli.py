@@ -4,6 +4,7 @@ videos, log a nested analysis run into the run's mlflow.db, and bad input gets a
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -202,6 +203,29 @@ def test_latent_refit_bench_rebuilds_the_posterior_and_reports_every_kind_of_ste
     bad = subprocess.run([sys.executable, str(root / "bench" / "latent_refit.py"), "--checkpoint", str(run_dir),
                           "model.encoder.dim=8"], capture_output=True, text=True, timeout=120, cwd=root)
     assert bad.returncode == 2 and "model.encoder.dim=8" in bad.stderr
+
+
+def test_hidden_ball_bench_reports_where_the_prediction_sits_at_the_frames_the_ball_is_due_out(run_dir):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "bench" / "hidden_ball_expectation.py"), "--checkpoint",
+                           str(run_dir), "--pairs", "16", "--threads", "1"],
+                          capture_output=True, text=True, timeout=600, cwd=root)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["pairs"] >= 2 and result["context"] == debug().model.context_frames
+    frames = result["frames"]
+    assert set(frames) == {"t+0", "t+1", "t+2"}
+    # At t only a faint rim differs; then the ball shows more and more: the two clips' frames part.
+    gaps = [frames[k]["comes_out_vs_nothing"] for k in ("t+0", "t+1", "t+2")]
+    assert 0 < gaps[0] < gaps[1] < gaps[2]
+    for row in frames.values():
+        assert all(math.isfinite(v) for v in row.values()) and 0.0 <= row["nothing_more_surprising"] <= 1.0
+    # The clips share their past up to t, so there the prediction from either is the one the share is read from.
+    assert frames["t+0"]["prediction_to_nothing"] == pytest.approx(frames["t+0"]["error_nothing_own_past"])
+    assert frames["t+0"]["prediction_to_comes_out"] == pytest.approx(frames["t+0"]["error_comes_out_own_past"])
 
 
 def test_command_defaults_are_the_analysis_configs_defaults():
