@@ -7,11 +7,12 @@ The permanence pairs behind the occluder (`vanish_occluder`: the possible clip s
 impossible one the same scene without it) are identical up to the violation frame t, where only a faint rim
 differs. For frames t, t+1, t+2 the prediction is made from each clip's own `context` frames before it with z =
 the prior's mean. Reported per frame (distances are the model's per-dimension squared distance): the prediction's
-distance to each clip's own frame, the distance between the two frames, and `share_towards_ball`: the prediction's
-projection on the segment from "nothing" (0) to "the ball comes out" (1), from the three distances of the
-prediction made from the shared past (law of cosines). A model that remembers the hidden ball and when it is due
-out puts that share near 1 at t+1; a model without that memory near 0, and a ball that fails to come out is then
-no surprise (the `vanish_occluder` accuracy in `surprise.json`).
+distance to each clip's own frame, the distance between the two frames, and the prediction's projection on the
+segment from "nothing" (0) to "the ball comes out" (1) (law of cosines on the three distances): made from the
+empty clip's past (`share_towards_ball`; at t that past is both clips') and from the past of the clip where the
+ball comes out (`..._from_its_own_past`: after t it has seen the rim). A predictor that carries the hidden ball
+puts the second near 1 at t+1; one that does not leaves a ball that comes out more surprising than one that fails
+to (the `vanish_occluder` accuracy in `surprise.json`).
 """
 
 from __future__ import annotations
@@ -71,22 +72,25 @@ def main() -> int:
                 continue
             index = torch.arange(len(rows))
             out_frame, none_frame = target["comes_out"][index, frame], target["nothing"][index, frame]
-            own_out = distance(predict("comes_out", frame), out_frame)  # (P,)
-            own_none = distance(predict("nothing", frame), none_frame)
-            # From the shared past: the frames before t are identical, so at t both clips give the same prediction;
-            # later frames differ, and the prediction from the clip that shows the ball coming out is the one a
-            # model that expects it would make anyway.
-            shared = predict("nothing", frame) if ahead else predict("comes_out", frame)
-            to_out, to_none = distance(shared, out_frame), distance(shared, none_frame)
-            gap = distance(out_frame, none_frame)
-            share = ((to_none - to_out + gap) / (2 * gap.clamp_min(1e-12))).mean()
+            gap = distance(out_frame, none_frame)  # (P,)
+
+            def share(prediction: torch.Tensor) -> float:
+                """Projection of the prediction on the segment nothing (0) -> the ball comes out (1), from the three
+                squared distances (law of cosines), averaged over pairs."""
+                to_out, to_none = distance(prediction, out_frame), distance(prediction, none_frame)
+                return float(((to_none - to_out + gap) / (2 * gap.clamp_min(1e-12))).mean())
+
+            from_out, from_none = predict("comes_out", frame), predict("nothing", frame)
+            own_out, own_none = distance(from_out, out_frame), distance(from_none, none_frame)  # (P,) each
             result[f"t+{ahead}"] = {
                 "error_comes_out_own_past": float(own_out.mean()),
                 "error_nothing_own_past": float(own_none.mean()),
                 "comes_out_vs_nothing": float(gap.mean()),
-                "prediction_to_comes_out": float(to_out.mean()),
-                "prediction_to_nothing": float(to_none.mean()),
-                "share_towards_ball": float(share),
+                "prediction_to_comes_out": float(distance(from_none, out_frame).mean()),
+                "prediction_to_nothing": float(own_none.mean()),
+                # Before t the pasts are identical, so at t the two predictions are one.
+                "share_towards_ball": share(from_none),
+                "share_towards_ball_from_its_own_past": share(from_out),
                 "nothing_more_surprising": float((own_none > own_out).float().mean()),
             }
     print(json.dumps({"checkpoint": str(model_dir), "pairs": int(rows.size), "context": context, "frames": result},

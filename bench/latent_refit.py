@@ -17,6 +17,15 @@ clips of the simulator without its random kicks and scatters (`rollout_drift`: w
 drift). Every setting starts from the same weights, data and seed, so run the control beside it: the differences
 are the setting's. It does not replace training from scratch (the
 encoder was shaped by the old latent), but it tells in 3 minutes whether a setting is worth the 30.
+
+The predictor's memory of a hidden ball (`bench/hidden_ball_expectation.py`) is refitted the same way:
+
+    python bench/latent_refit.py --checkpoint runs/x --occluder-prob 1 --save /tmp/control
+    python bench/latent_refit.py --checkpoint runs/x --occluder-prob 1 --emergence-share 0.5 --save /tmp/oversampled
+
+`--emergence-share` fills that share of each batch with windows in which a ball fully behind the occluder comes out
+in a predicted frame; `--save` writes the refitted model (and the run's config.yaml) for `worldmodel surprise` and
+the bench.
 """
 
 from __future__ import annotations
@@ -44,6 +53,14 @@ def main() -> int:
     parser.add_argument("--horizon", type=int, default=0,
                         help="future frames per training window (default: the run's data.horizon)")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--occluder-prob", type=float, default=None,
+                        help="share of training clips with an occluder (default: the run's data.balls.occluder_prob)")
+    parser.add_argument("--emergence-share", type=float, default=0.0,
+                        help="share of each batch drawn from windows in which a ball fully hidden behind the "
+                             "occluder comes out in a predicted frame (0: windows drawn uniformly)")
+    parser.add_argument("--save", default="",
+                        help="write the refitted model to DIR/model (+ the run's config.yaml), for the analysis "
+                             "commands")
     parser.add_argument("overrides", nargs="*", metavar="model.key=value",
                         help="latent settings (model.latent.*) and predictive loss weights to refit with")
     args = parser.parse_args()
@@ -78,6 +95,12 @@ def main() -> int:
         parser.error(f"{model_dir}: no simulator settings in the run's config.yaml (data.balls); the refit trains on "
                      "the run's own simulator")
     train_balls = from_dict(BallsConfig, data_section["balls"], path="data.balls")
+    if args.occluder_prob is not None:
+        if not 0.0 <= args.occluder_prob <= 1.0:
+            parser.error(f"--occluder-prob must be in [0, 1], got {args.occluder_prob}")
+        train_balls = replace(train_balls, occluder_prob=args.occluder_prob)
+    if not 0.0 <= args.emergence_share <= 1.0:
+        parser.error(f"--emergence-share must be in [0, 1], got {args.emergence_share}")
     optim = from_dict(OptimConfig, run.get("optim", {}), path="optim")
     if args.horizon < 0:
         parser.error(f"--horizon must be >= 1 (or 0 for the run's data.horizon), got {args.horizon}")
@@ -109,11 +132,18 @@ def main() -> int:
     optimizer = torch.optim.AdamW(trainable, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
     weights = model.loss_weights()
     rng = np.random.default_rng(args.seed)
+    emerging = emergence_windows(clips.state, train_balls.image_size, config.context_frames, window)  # (E, 2)
+    oversampled = int(round(args.emergence_share * args.batch_size))
+    if oversampled and len(emerging) == 0:
+        parser.error("--emergence-share: no training window shows a hidden ball coming out (raise --occluder-prob)")
     model.train()
     history = []
     for step in range(args.steps):
         rows = torch.as_tensor(rng.integers(0, online.shape[0], args.batch_size))
         starts = torch.as_tensor(rng.integers(0, online.shape[1] - window + 1, args.batch_size))
+        if oversampled:
+            picked = torch.as_tensor(emerging[rng.integers(0, len(emerging), oversampled)])  # (k, 2)
+            rows[:oversampled], starts[:oversampled] = picked[:, 0], picked[:, 1]
         frames = starts[:, None] + torch.arange(window)[None]  # (B, window) frame indices
         logged = step % 100 == 0 or step == args.steps - 1
         losses, metrics = model.predictive_losses(online[rows[:, None], frames], target[rows[:, None], frames],
@@ -126,6 +156,12 @@ def main() -> int:
         if logged:
             history.append({"step": step, **metrics})
     model.eval()
+    if args.save:
+        import shutil
+
+        model.save(Path(args.save) / "model")
+        if (model_dir.parent / "config.yaml").is_file():  # the analyses read the simulator settings from it
+            shutil.copyfile(model_dir.parent / "config.yaml", Path(args.save) / "config.yaml")
 
     balls = simulator_config(model_dir, config.image_size)
     held_out = generate_clips(balls, 256, window, seed=args.seed + 32_000)
@@ -158,6 +194,10 @@ def main() -> int:
         "rebuilt": fresh,
         "steps": args.steps,
         "window": window,
+        "occluder_prob": train_balls.occluder_prob,
+        "emergence_windows": {"available": int(len(emerging)),
+                              "of": int(online.shape[0] * (online.shape[1] - window + 1)),
+                              "share_of_batch": oversampled / args.batch_size},
         "train_last": history[-1],
         "events": events,
         "fork_over_quiet": futures["capacity_by_event"]["fork_over_quiet"],
@@ -174,6 +214,23 @@ def main() -> int:
         "seconds": round(time.perf_counter() - started, 1),
     }, indent=1))
     return 0
+
+
+def emergence_windows(state: dict, image_size: int, context: int, window: int):
+    """(E, 2) int64 (clip, start) of the training windows in which a ball that was fully behind its clip's
+    occluder comes out (is no longer fully behind it) in one of the predicted frames (after the context)."""
+    import numpy as np
+
+    x, r = state["positions"][..., 0], state["radii"]  # (N, T, M)
+    c0, c1 = state["occluder"][..., :1] / image_size, state["occluder"][..., 1:] / image_size  # (N, T, 1)
+    hidden = state["present"] & (x - r >= c0) & (x + r <= c1)
+    out = np.zeros(hidden.shape[:2], bool)  # (N, T): a ball comes out in frame t
+    out[:, 1:] = (hidden[:, :-1] & ~hidden[:, 1:]).any(-1)
+    clips, length = out.shape
+    starts = np.arange(length - window + 1)
+    predicted = starts[:, None] + np.arange(context, window)[None]  # (S, window - context) predicted frame indices
+    shows = out[:, predicted].any(-1)  # (N, S)
+    return np.argwhere(shows).astype(np.int64)
 
 
 if __name__ == "__main__":

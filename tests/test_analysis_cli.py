@@ -226,6 +226,7 @@ def test_hidden_ball_bench_reports_where_the_prediction_sits_at_the_frames_the_b
     # The clips share their past up to t, so there the prediction from either is the one the share is read from.
     assert frames["t+0"]["prediction_to_nothing"] == pytest.approx(frames["t+0"]["error_nothing_own_past"])
     assert frames["t+0"]["prediction_to_comes_out"] == pytest.approx(frames["t+0"]["error_comes_out_own_past"])
+    assert frames["t+0"]["share_towards_ball"] == pytest.approx(frames["t+0"]["share_towards_ball_from_its_own_past"])
 
 
 def test_command_defaults_are_the_analysis_configs_defaults():
