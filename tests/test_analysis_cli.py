@@ -229,6 +229,27 @@ def test_hidden_ball_bench_reports_where_the_prediction_sits_at_the_frames_the_b
     assert frames["t+0"]["share_towards_ball"] == pytest.approx(frames["t+0"]["share_towards_ball_from_its_own_past"])
 
 
+def test_emergence_windows_are_those_whose_predicted_frames_show_a_hidden_ball_coming_out():
+    import importlib.util
+    import numpy as np
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("latent_refit", root / "bench" / "latent_refit.py")
+    refit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(refit)
+    # One clip of 8 frames, 32 px, an occluder over columns [12, 20) (x in [0.375, 0.625)); a ball of radius 0.05
+    # at x = 0.5 is fully behind it in frames 2-3 and comes out in frame 4 (x = 0.6: its rim passes 0.625).
+    xs = np.array([0.2, 0.35, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9])
+    state = {"positions": np.stack([xs, np.full(8, 0.5)], -1)[None, :, None],  # (1, 8, 1, 2)
+             "radii": np.full((1, 8, 1), 0.05), "present": np.ones((1, 8, 1), bool),
+             "occluder": np.tile(np.array([12, 20]), (1, 8, 1))}
+    # Context 2, window 4: the window starting at s predicts frames s+2 and s+3; frame 4 is predicted by s = 1, 2.
+    windows = refit.emergence_windows(state, 32, context=2, window=4)
+    assert windows.tolist() == [[0, 1], [0, 2]]
+    state["present"][:] = False  # no ball: nothing comes out
+    assert len(refit.emergence_windows(state, 32, context=2, window=4)) == 0
+
+
 def test_command_defaults_are_the_analysis_configs_defaults():
     from analysis.cli import _futures_config, _probe_config, _surprise_config
     from analysis.multifuture import FuturesConfig
