@@ -149,7 +149,14 @@ def apply_overrides(cfg: T, overrides: Iterable[str]) -> T:
         if not key or any(not part.strip() for part in parts):
             raise ConfigError(f"Invalid override {item!r}: the key must be a dotted path such as model.encoder.dim")
         parts = [part.strip() for part in parts]
-        _check_override_path(result, parts)
+        try:
+            _check_override_path(result, parts)
+        except ConfigError:
+            if not pending:
+                raise
+            # The path may exist only once the pending overrides are applied (a section set whole first).
+            result, pending = _build(type(result), pending, "", result), {}
+            _check_override_path(result, parts)
         if not _merge_override(pending, parts, _CliValue(raw)):
             result, pending = _build(type(result), pending, "", result), {}
             _merge_override(pending, parts, _CliValue(raw))
