@@ -119,11 +119,18 @@ def ball_contacts(state: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def fully_hidden(state: dict[str, np.ndarray], balls: BallsConfig) -> np.ndarray:
-    """(N, T, M) bool: the ball, anti-aliased rim included, lies entirely behind the occluder columns."""
-    c0, c1 = balls.occluder_columns()
-    half_px = 0.5 / balls.image_size
+    """(N, T, M) bool: the ball, anti-aliased rim included, lies entirely behind an occluder: the simulator's fixed
+    one (`balls.occluder`) or the clip's own (`state["occluder"]`, (N, T, 2) pixel columns, when clips have them)."""
+    size, half_px = balls.image_size, 0.5 / balls.image_size
     x, r = state["positions"][..., 0], state["radii"]
-    return state["present"] & (x - r - half_px >= c0 / balls.image_size) & (x + r + half_px <= c1 / balls.image_size)
+
+    def behind(c0, c1):  # empty columns (c0 == c1 == 0: no occluder) hide nothing
+        return (x - r - half_px >= c0 / size) & (x + r + half_px <= c1 / size)
+
+    hidden = behind(*balls.occluder_columns())
+    if "occluder" in state:
+        hidden |= behind(state["occluder"][..., :1], state["occluder"][..., 1:])
+    return state["present"] & hidden
 
 
 def _rows(x: np.ndarray) -> np.ndarray:

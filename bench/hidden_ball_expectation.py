@@ -55,10 +55,10 @@ def main() -> int:
     with torch.no_grad():
         online = {name: inference.encode(model, frames) for name, frames in clips.items()}
         target = {name: inference.encode(model, frames, target=True) for name, frames in clips.items()}
+        index = torch.arange(len(rows))
 
         def predict(name: str, frame: torch.Tensor) -> torch.Tensor:
             """(P,) frame indices -> (P, D) prior-mean prediction of each from its clip's own past."""
-            index = torch.arange(len(rows))
             past = torch.stack([online[name][i, t - context : t] for i, t in zip(index, frame)])  # (P, C, D)
             last = target[name][index, frame - 1]  # (P, D)
             return model.rollout(past, last, 1, deterministic=True)[0][:, 0]
@@ -67,10 +67,8 @@ def main() -> int:
         violation = torch.as_tensor(pairs.violation_frame[rows])
         for ahead in (0, 1, 2):
             frame = violation + ahead
-            keep = frame < pairs.possible.shape[1]
-            if not bool(keep.all()):
+            if int(frame.max()) >= pairs.possible.shape[1]:
                 continue
-            index = torch.arange(len(rows))
             out_frame, none_frame = target["comes_out"][index, frame], target["nothing"][index, frame]
             gap = distance(out_frame, none_frame)  # (P,)
 

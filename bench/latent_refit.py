@@ -132,7 +132,7 @@ def main() -> int:
     optimizer = torch.optim.AdamW(trainable, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
     weights = model.loss_weights()
     rng = np.random.default_rng(args.seed)
-    emerging = emergence_windows(clips.state, train_balls.image_size, config.context_frames, window)  # (E, 2)
+    emerging = emergence_windows(clips.state, train_balls, config.context_frames, window)  # (E, 2)
     oversampled = int(round(args.emergence_share * args.batch_size))
     if oversampled and len(emerging) == 0:
         parser.error("--emergence-share: no training window shows a hidden ball coming out (raise --occluder-prob)")
@@ -216,18 +216,17 @@ def main() -> int:
     return 0
 
 
-def emergence_windows(state: dict, image_size: int, context: int, window: int):
+def emergence_windows(state: dict, balls, context: int, window: int):
     """(E, 2) int64 (clip, start) of the training windows in which a ball that was fully behind its clip's
-    occluder comes out (is no longer fully behind it) in one of the predicted frames (after the context)."""
+    occluder (`analysis.probes.fully_hidden`) comes out in one of the predicted frames (after the context)."""
     import numpy as np
 
-    x, r = state["positions"][..., 0], state["radii"]  # (N, T, M)
-    c0, c1 = state["occluder"][..., :1] / image_size, state["occluder"][..., 1:] / image_size  # (N, T, 1)
-    hidden = state["present"] & (x - r >= c0) & (x + r <= c1)
+    from analysis.probes import fully_hidden
+
+    hidden = fully_hidden(state, balls)  # (N, T, M)
     out = np.zeros(hidden.shape[:2], bool)  # (N, T): a ball comes out in frame t
     out[:, 1:] = (hidden[:, :-1] & ~hidden[:, 1:]).any(-1)
-    clips, length = out.shape
-    starts = np.arange(length - window + 1)
+    starts = np.arange(out.shape[1] - window + 1)
     predicted = starts[:, None] + np.arange(context, window)[None]  # (S, window - context) predicted frame indices
     shows = out[:, predicted].any(-1)  # (N, S)
     return np.argwhere(shows).astype(np.int64)

@@ -244,10 +244,13 @@ def test_emergence_windows_are_those_whose_predicted_frames_show_a_hidden_ball_c
              "radii": np.full((1, 8, 1), 0.05), "present": np.ones((1, 8, 1), bool),
              "occluder": np.tile(np.array([12, 20]), (1, 8, 1))}
     # Context 2, window 4: the window starting at s predicts frames s+2 and s+3; frame 4 is predicted by s = 1, 2.
-    windows = refit.emergence_windows(state, 32, context=2, window=4)
+    from envs.physics import BallsConfig
+
+    balls = BallsConfig(image_size=32)
+    windows = refit.emergence_windows(state, balls, context=2, window=4)
     assert windows.tolist() == [[0, 1], [0, 2]]
     state["present"][:] = False  # no ball: nothing comes out
-    assert len(refit.emergence_windows(state, 32, context=2, window=4)) == 0
+    assert len(refit.emergence_windows(state, balls, context=2, window=4)) == 0
 
 
 def test_command_defaults_are_the_analysis_configs_defaults():
