@@ -266,3 +266,46 @@ def test_command_defaults_are_the_analysis_configs_defaults():
     assert _surprise_config(args) == SurpriseConfig()
     # A smaller --samples drops the N's it cannot draw.
     assert _futures_config(parser().parse_args(["futures", "--checkpoint", "x", "--samples", "8"])).ns == (1, 5)
+
+
+def test_rollout_motion_bench_reads_motion_and_landing_per_horizon(run_dir):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "bench" / "rollout_motion.py"), "--checkpoint", str(run_dir),
+                           "--clips", "8", "--scenes", "4", "--samples", "3", "--probe-clips", "24",
+                           "--threads", "1"], capture_output=True, text=True, timeout=600, cwd=root)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    horizon = result["horizon"]
+    motion = result["motion"]
+    for errors in motion["position_error"].values():
+        assert len(errors) == horizon and all(math.isfinite(e) and e >= 0 for e in errors)
+    # Copy-last stands still while the balls move on: its error grows with the horizon.
+    assert motion["position_error"]["copy_last"][-1] > motion["position_error"]["copy_last"][0]
+    assert motion["step_length"]["true_positions"] > 0
+    landing = result["bounce_landing"]
+    assert landing["scenes"] == 4 and landing["ways_apart"][0] == 0.0 and landing["ways_apart"][-1] > 0.1
+    for name in ("true_future_frames", "posterior_rollout", "deterministic_rollout", "prior_samples"):
+        assert set(landing[name]) == {str(h) for h in range(2, horizon + 1)}
+        for shares in landing[name].values():
+            total = sum(shares[k] for k in ("way_that_happened", "other_way", "clean_bounce", "none"))
+            assert total == pytest.approx(1.0, abs=2e-3)
+
+
+def test_linear_dynamics_of_the_motion_bench_extrapolate_a_constant_change():
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("rollout_motion", root / "bench" / "rollout_motion.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    dim = 3
+    # next change = last change: rows [change | state | 1] -> change
+    weights = torch.cat([torch.eye(dim), torch.zeros(dim + 1, dim)]).double()
+    before, last = torch.tensor([[0.0, 1.0, 2.0]]).double(), torch.tensor([[0.5, 1.0, 1.0]]).double()
+    rolled = bench._roll_linear(weights, before, last, 4)
+    step = last - before
+    expected = torch.stack([last + (k + 1) * step for k in range(4)], dim=1)
+    assert torch.allclose(rolled, expected)
