@@ -590,3 +590,42 @@ def test_models_saved_before_rollout_latent_load_with_the_teacher_forced_rollout
     del payload["model"]["rollout_latent"]
     (tmp_path / "m" / "config.json").write_text(json.dumps(payload))
     assert WorldModel.load(tmp_path / "m").config.rollout_latent == "teacher_forced"
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.0])
+def test_prior_fit_teaches_the_prior_what_the_free_bits_floor_hides(weight):
+    """Below the free-bits floor the KL gives the prior no gradient; the prior-fit term (kl regime) still pulls it
+    onto the posterior, and only the prior: the posterior gets no gradient from it."""
+    from worldmodel.latent import Latent
+
+    torch.manual_seed(0)
+    config = LatentConfig(dim=2, hidden=16, free_bits=50.0, prior_fit_weight=weight)  # every KL under the floor
+    latent = Latent(config, width=8, dim=4)
+    summary, next_target = torch.randn(256, 8), torch.randn(256, 4)
+
+    def kl() -> torch.Tensor:
+        posterior = latent.infer(summary, next_target, torch.zeros_like(next_target))
+        prior = latent.prior(summary)
+        return latent.cost(posterior.mean, posterior.std, prior), latent.prior_fit(prior, posterior)
+
+    with torch.no_grad():
+        before = float(kl()[0].mean())
+    cost, fit = kl()
+    if weight:
+        latent.prior_fit_loss(fit).backward()
+    assert all(p.grad is None for p in latent.posterior.parameters())
+    optimizer = torch.optim.Adam(latent.prior.parameters(), lr=3e-3)
+    for _ in range(300):
+        optimizer.zero_grad()
+        cost, fit = kl()
+        loss = latent.capacity_loss(cost) + latent.prior_fit_loss(fit)
+        if loss.requires_grad:
+            loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = float(kl()[0].mean())
+    assert fit.mean().item() == pytest.approx(cost.mean().item(), rel=1e-5)  # the same KL, one side detached
+    if weight == 0:
+        assert after == pytest.approx(before)  # the floor hides everything: the prior never moves
+    else:
+        assert after < 0.2 * before
