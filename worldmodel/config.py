@@ -102,15 +102,6 @@ class LatentConfig:
     error and spends them where the past cannot tell (a bounce's fork) rather than a little on every step."""
     kl_weight: float = 0.05
     """kl: weight of the (floored) KL in the loss and in the energy."""
-    prior_fit_weight: float = 0.0
-    """kl: weight of KL(sg(q) || p), unfloored, a term that trains only the prior towards the posterior's codes (of
-    the teacher-forced steps and of the closed-loop training rollout). Below the free-bits floor the KL gives the
-    prior no gradient, so the up-to-`free_bits` nats the posterior spends at every step go unlearnt by the prior: the
-    prior's samples and its mean never go where the posterior's codes go, even when the past predicts them. On
-    clips without any randomness the small preset's posterior-guided rollout beat its prior-mean rollout (0.19 vs
-    0.22 probed position error at 10 steps): z was carrying predictable motion the prior never learnt. 0 (how
-    older models were trained) leaves the prior to the floored KL alone. The posterior is untouched by this term
-    (its side is detached), so it does not change what z may carry."""
     l1_weight: float = 0.01
     """sparse: weight of |z|_1 in the loss and in the energy."""
     max_norm: float = 3.0

@@ -221,24 +221,12 @@ class Latent(nn.Module):
             cost = free_bits_floor(cost, self.config.free_bits)
         return self.cost_weight * cost.mean()
 
-    def prior_fit(self, prior: Gaussian | Categorical, posterior: Gaussian | Categorical) -> torch.Tensor:
-        """Per-step (...,) fit of the sampling prior to the detached posterior. sparse: the negative log-likelihood of
-        the codes per dimension (the prior exists only for sampling). kl: KL(sg(q) || p) in nats, unfloored (see
-        LatentConfig.prior_fit_weight)."""
+    def prior_fit_loss(self, prior: Gaussian, posterior: Gaussian) -> torch.Tensor:
+        """sparse only: fit the sampling prior to the detached codes by maximum likelihood; 0 for kl (the KL trains
+        it)."""
         if self.config.capacity == "kl":
-            if self.config.categorical:
-                return categorical_kl(posterior.mean.detach(), prior)
-            return gaussian_kl(Gaussian(posterior.mean.detach(), posterior.std.detach()), prior)
-        return -prior.log_prob(posterior.mean.detach()) / self.config.dim
-
-    def prior_fit_loss(self, fit: torch.Tensor) -> torch.Tensor:
-        """Weighted prior-fit term (scalar) from `prior_fit` per step: weight 1 for sparse (its prior learns from
-        nothing else), `prior_fit_weight` for kl (0: the floored KL alone trains the prior)."""
-        if self.config.capacity == "kl":
-            if self.config.prior_fit_weight == 0:
-                return fit.new_zeros(())
-            return self.config.prior_fit_weight * fit.mean()
-        return fit.mean()
+            return prior.mean.new_zeros(())
+        return -prior.log_prob(posterior.mean.detach()).mean() / self.config.dim
 
     def sample_prior(self, prior: Gaussian | Categorical, *, generator: torch.Generator | None,
                      deterministic: bool) -> torch.Tensor:

@@ -203,13 +203,11 @@ class WorldModel(nn.Module):
         return torch.stack(predictions, dim=1), torch.stack(used, dim=1)
 
     def _training_rollout(self, online: torch.Tensor, target: torch.Tensor, teacher_z: torch.Tensor,
-                          actions: torch.Tensor | None
-                          ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+                          actions: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The open-loop term's rollout from the context (model.rollout_latent says where each step's z comes from).
 
         online, target (B, T, D); teacher_z (B, T-1, Z) the teacher-forced posterior's codes. Returns (predictions
-        (B, T-C, D), the rollout's own capacity per step (B, T-C) and its prior's fit to its posterior per step
-        (B, T-C) (`Latent.prior_fit`), both None where its z's are not inferred).
+        (B, T-C, D), the rollout's own capacity per step (B, T-C), or None where its z's cost nothing extra).
         `closed_loop`: each z is the posterior given the rollout's own summary h_k and the true next target, charged
         against the prior p(z | h_k) of that same summary. Why not the teacher-forced codes: both they and the
         teacher-forced prior are functions of the true past, so a z can carry the true state into the rollout at no
@@ -218,7 +216,7 @@ class WorldModel(nn.Module):
         """
         context, mode = self.config.context_frames, self.config.rollout_latent
         future = target[:, context:]  # (B, T-C, D)
-        costs, fits = [], []
+        costs = []
 
         def pick(k: int, summary: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
             if mode == "teacher_forced":
@@ -228,14 +226,11 @@ class WorldModel(nn.Module):
                 return self.latent.sample_prior(prior, generator=None, deterministic=True).detach()
             posterior = self._infer(summary, prior, base, future[:, k])
             costs.append(self.latent.cost(posterior.mean, posterior.std, prior))
-            fits.append(self.latent.prior_fit(prior, posterior))
             return self.latent.training_code(posterior)
 
         predictions, _ = self._unroll(online[:, :context], target[:, context - 1], future.shape[1], pick,
                                       actions=actions, window=None)
-        if not costs:
-            return predictions, None, None
-        return predictions, torch.stack(costs, dim=1), torch.stack(fits, dim=1)
+        return predictions, torch.stack(costs, dim=1) if costs else None
 
     # ------------------------------------------------------------------ training objective
     def loss(
@@ -321,17 +316,15 @@ class WorldModel(nn.Module):
         capacity = self.latent.cost(posterior.mean, posterior.std, prior)  # (B, T-1) nats or |z|_1
 
         # Open loop from the context: predictions are fed back as inputs.
-        rolled, rollout_capacity, rollout_fit = self._training_rollout(online, target, z, actions)
+        rolled, rollout_capacity = self._training_rollout(online, target, z, actions)
         charged = capacity if rollout_capacity is None else torch.cat([capacity, rollout_capacity], dim=1)
-        fit = self.latent.prior_fit(prior, posterior)  # (B, T-1)
-        fit = fit if rollout_fit is None else torch.cat([fit, rollout_fit], dim=1)
         losses = {
             "prediction": distance(prediction, next_target).mean(),
             "rollout": distance(rolled, target[:, context:]).mean(),
             "best_of_prior": self._best_of_prior(online, target, actions) if config.best_of_weight > 0
             else zero_loss(online),
             "capacity": self.latent.capacity_loss(charged),
-            "prior_fit": self.latent.prior_fit_loss(fit),
+            "prior_fit": self.latent.prior_fit_loss(prior, posterior),
         }
         if not telemetry:
             return losses, {}
