@@ -39,8 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-REFITTABLE = ("latent.", "rollout_latent", "prediction_weight", "rollout_weight", "deterministic_rollout_weight",
-              "best_of_weight", "best_of_samples")
+REFITTABLE = ("latent.", "rollout_latent", "prediction_weight", "rollout_weight", "best_of_weight", "best_of_samples")
 
 
 def main() -> int:

@@ -430,8 +430,7 @@ def test_z_learns_a_fork_so_prior_samples_take_both_ways(model_config, distribut
     dim, generator = model_config.encoder.dim, torch.Generator().manual_seed(0)
     parameters = [*model.past.parameters(), *model.latent.parameters(), *model.transition.parameters()]
     optimizer = torch.optim.Adam(parameters, lr=1e-3)
-    weights = {"prediction": 1.0, "rollout": 0.5, "deterministic_rollout": 0.0, "best_of_prior": 0.0, "capacity": 1.0,
-               "prior_fit": 1.0}
+    weights = {"prediction": 1.0, "rollout": 0.5, "best_of_prior": 0.0, "capacity": 1.0, "prior_fit": 1.0}
 
     def last_frames(samples: int, deterministic: bool) -> torch.Tensor:
         with torch.no_grad():
@@ -591,28 +590,3 @@ def test_models_saved_before_rollout_latent_load_with_the_teacher_forced_rollout
     del payload["model"]["rollout_latent"]
     (tmp_path / "m" / "config.json").write_text(json.dumps(payload))
     assert WorldModel.load(tmp_path / "m").config.rollout_latent == "teacher_forced"
-
-
-def test_deterministic_rollout_term_is_the_prior_mean_rollout_error_and_trains_no_prior(model_config, frames):
-    model_config.deterministic_rollout_weight = 0.5
-    model = WorldModel(model_config)
-    online, target = model.encode(frames), model.encode_target(frames)
-    losses, _ = model.predictive_losses(online, target)
-    context = model_config.context_frames
-    with torch.no_grad():
-        rolled, _ = model.rollout(online[:, :context], target[:, context - 1], frames.shape[1] - context,
-                                  deterministic=True)
-    # The same numbers as the public deterministic rollout, fed the whole past like the other training terms.
-    assert losses["deterministic_rollout"].item() == pytest.approx(distance(rolled, target[:, context:]).mean().item(),
-                                                                   rel=1e-5)
-    assert model.loss_weights()["deterministic_rollout"] == 0.5
-    losses["deterministic_rollout"].backward()
-    # z is the prior's detached mean: the term trains the dynamics (predictor, transition), not the prior.
-    assert all(p.grad is None for p in model.latent.parameters())
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.transition.parameters())
-    # Off by default, and then it costs nothing.
-    model_config.deterministic_rollout_weight = 0.0
-    losses, _ = WorldModel(model_config).predictive_losses(online.detach(), target)
-    assert losses["deterministic_rollout"].item() == 0.0
-    with pytest.raises(ValueError, match="deterministic_rollout_weight"):
-        replace(model_config, deterministic_rollout_weight=-1.0).validate()

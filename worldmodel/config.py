@@ -188,14 +188,6 @@ class ModelConfig:
     state into the rollout for free, and the deterministic rollout, which has no such channel, drifts (the
     behaviour before this field existed; saved models without it load as such). `prior_mean`: z at the prior's
     mean, so the rollout term trains the deterministic rollout itself (and z gets no say in the open loop)."""
-    deterministic_rollout_weight: float = 0.0
-    """Weight of the open-loop error of the deterministic rollout (z at the prior's mean at every step, detached:
-    the prediction `sample_futures` scatters around and the futures' deterministic predictor), beside the `rollout`
-    term, which (closed loop) lets the posterior's z correct the rollout's drift as it goes. Trained on that alone,
-    the transition came to lean on z for motion the past already determines: on clips without any randomness a
-    posterior-guided rollout beat the deterministic one, which moved the balls about 0.6 of their speed (README,
-    "Numbers"), so prior samples scattered around a centre that lags the balls. 0 (how older models were trained)
-    leaves the deterministic rollout untrained; with `rollout_latent=prior_mean` it repeats the rollout term."""
     best_of_weight: float = 0.0
     """Weight of the best-of-N open-loop error with z drawn from the prior: `best_of_samples` rollouts from the
     context, each step's z sampled from p(z | h_t) (reparameterised), and only the closest one to the true future
@@ -262,8 +254,6 @@ class ModelConfig:
             )
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"model.ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.deterministic_rollout_weight < 0:
-            raise ValueError(f"model.deterministic_rollout_weight must be >= 0, got {self.deterministic_rollout_weight}")
         if self.best_of_weight < 0 or self.best_of_samples < 1:
             raise ValueError(f"model.best_of_weight must be >= 0 and model.best_of_samples >= 1, got "
                              f"{self.best_of_weight}, {self.best_of_samples}")

@@ -66,7 +66,7 @@ class WorldModel(nn.Module):
 
     # The loss terms and the config weight that scales each; `loss` asserts it produced exactly these.
     LOSS_TERMS = (
-        "prediction", "rollout", "deterministic_rollout", "best_of_prior", "capacity", "prior_fit", "variance", "covariance", "temporal",
+        "prediction", "rollout", "best_of_prior", "capacity", "prior_fit", "variance", "covariance", "temporal",
         "reconstruction",
     )
 
@@ -288,7 +288,6 @@ class WorldModel(nn.Module):
         return {
             "prediction": config.prediction_weight,
             "rollout": config.rollout_weight,
-            "deterministic_rollout": config.deterministic_rollout_weight,
             "best_of_prior": config.best_of_weight,
             "capacity": 1.0,  # the capacity term carries its own kl_weight / l1_weight
             "prior_fit": 1.0,
@@ -305,7 +304,7 @@ class WorldModel(nn.Module):
         """The terms of the loss that train the predictor and z, from representations: online (B, T, D) (what the
         predictor reads) and target (B, T, D) (what it predicts), T > context_frames; actions (B, T-1, A) or None.
 
-        Returns ({prediction, rollout, deterministic_rollout, best_of_prior, capacity, prior_fit} unweighted, telemetry floats: errors
+        Returns ({prediction, rollout, best_of_prior, capacity, prior_fit} unweighted, telemetry floats: errors
         and capacity used; empty unless telemetry)."""
         config, context = self.config, self.config.context_frames
         # Predict s̄_{t+1} from s_{<=t}; the residual starts from s̄_t, so predictions live in target space and
@@ -322,8 +321,6 @@ class WorldModel(nn.Module):
         losses = {
             "prediction": distance(prediction, next_target).mean(),
             "rollout": distance(rolled, target[:, context:]).mean(),
-            "deterministic_rollout": self._deterministic_rollout_error(online, target, actions)
-            if config.deterministic_rollout_weight > 0 else zero_loss(online),
             "best_of_prior": self._best_of_prior(online, target, actions) if config.best_of_weight > 0
             else zero_loss(online),
             "capacity": self.latent.capacity_loss(charged),
@@ -345,20 +342,6 @@ class WorldModel(nn.Module):
             if rollout_capacity is not None:
                 metrics["latent/rollout_capacity"] = float(rollout_capacity.mean())
         return losses, metrics
-
-    def _deterministic_rollout_error(self, online: torch.Tensor, target: torch.Tensor,
-                                     actions: torch.Tensor | None) -> torch.Tensor:
-        """Mean open-loop error from the context with z at the prior's mean at every step (detached: this term
-        trains the predictor's dynamics, not where the prior puts its mean). online, target: (B, T, D)."""
-        context = self.config.context_frames
-
-        def pick(k: int, summary: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-            prior = self.latent.prior(summary)
-            return self.latent.sample_prior(prior, generator=None, deterministic=True).detach()
-
-        predictions, _ = self._unroll(online[:, :context], target[:, context - 1], online.shape[1] - context, pick,
-                                      actions=actions, window=None)
-        return distance(predictions, target[:, context:]).mean()
 
     def _best_of_prior(self, online: torch.Tensor, target: torch.Tensor, actions: torch.Tensor | None) -> torch.Tensor:
         """Mean over windows of the smallest open-loop error among `best_of_samples` rollouts with prior z's.
