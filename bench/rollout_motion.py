@@ -51,6 +51,7 @@ def main() -> int:
     from analysis.loading import load_model, simulator_config
     from analysis.multifuture import FuturesConfig, fit_position_probe, fork_configs, palette_index, probe_positions
     from analysis.probes import by_color
+    from analysis.report import check_model
     from envs.clips import generate_clips
     from envs.scenes import generate_fork_scenes
 
@@ -58,6 +59,10 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
     model, model_dir = load_model(args.checkpoint)
+    try:
+        check_model(model)
+    except ValueError as error:
+        parser.error(str(error))
     model.eval()
     balls = simulator_config(model_dir, model.config.image_size)
     window = inference.trained_window(model, model_dir)
