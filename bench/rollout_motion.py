@@ -49,6 +49,7 @@ def main() -> int:
 
     from analysis import inference
     from analysis.loading import load_model, simulator_config
+    from analysis.metrics import assign_modes
     from analysis.multifuture import FuturesConfig, fit_position_probe, fork_configs, palette_index, probe_positions
     from analysis.probes import by_color
     from analysis.report import check_model
@@ -155,18 +156,16 @@ def main() -> int:
         """points (S, R, H, 2) -> per horizon (from 2: at 1 the ways have not parted), share on each candidate."""
         out = {}
         for h in range(1, horizon):
+            # The clean bounce as a third mode (not assign_modes' null), so that landing there is told from none.
             candidates = np.stack([realized[:, h], other[:, h], clean[:, h]], axis=1)  # (S, 3, 2)
-            apart = np.linalg.norm(candidates[:, :, None] - candidates[:, None], axis=-1)  # (S, 3, 3)
-            apart[:, np.arange(3), np.arange(3)] = np.inf
-            tolerance = 0.5 * apart.min(axis=(1, 2))  # (S,)
-            dist = np.linalg.norm(points[:, :, h, None] - candidates[:, None], axis=-1)  # (S, R, 3)
-            nearest, close = dist.argmin(-1), dist.min(-1) < tolerance[:, None]
+            assigned = assign_modes(points[:, :, h], candidates)  # (S, R): 0, 1, 2, or -1 for none
             out[str(h + 1)] = {
-                "way_that_happened": round(float((close & (nearest == 0)).mean()), 3),
-                "other_way": round(float((close & (nearest == 1)).mean()), 3),
-                "clean_bounce": round(float((close & (nearest == 2)).mean()), 3),
-                "none": round(float((~close).mean()), 3),
-                "distance_to_way_that_happened": round(float(dist[..., 0].mean()), 4),
+                "way_that_happened": round(float((assigned == 0).mean()), 3),
+                "other_way": round(float((assigned == 1).mean()), 3),
+                "clean_bounce": round(float((assigned == 2).mean()), 3),
+                "none": round(float((assigned == -1).mean()), 3),
+                "distance_to_way_that_happened": round(
+                    float(np.linalg.norm(points[:, :, h] - realized[:, None, h], axis=-1).mean()), 4),
             }
         return out
 
