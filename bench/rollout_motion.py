@@ -129,9 +129,10 @@ def main() -> int:
     }
 
     # ---------------------------------------------------------------- where the bounce futures land
-    fork = fork_configs(balls, futures, context)["bounce"]
-    names = list(fork_configs(balls, futures, context))
-    scenes = generate_fork_scenes(balls, fork, args.scenes, seed=futures.seed + 100 * names.index("bounce"))
+    forks = fork_configs(balls, futures, context)
+    # The seed `worldmodel futures` draws this family with (its place among the families).
+    scenes = generate_fork_scenes(balls, forks["bounce"], args.scenes,
+                                  seed=futures.seed + 100 * list(forks).index("bounce"))
     s, n = len(scenes), args.samples
     context_online = inference.encode(model, scenes.context)
     context_target = inference.encode(model, scenes.context, target=True)
@@ -221,23 +222,17 @@ def _posterior_rollout(model, context_online, last_target, future_target, window
     context_online (B, C, D), last_target (B, D), future_target (B, H, D) -> predictions (B, H, D)."""
     import torch
 
-    with torch.no_grad():
-        return _posterior_steps(model, context_online, last_target, future_target, window)
-
-
-def _posterior_steps(model, context_online, last_target, future_target, window: int):
-    import torch
-
     from analysis import inference
 
     sequence, base, out = context_online, last_target, []
-    for k in range(future_target.shape[1]):
-        inputs = sequence[:, -window:]
-        z = inference.posterior_code(model, inputs, base, future_target[:, k])
-        step, _ = model.rollout(inputs, base, 1, latents=z[:, None])
-        base = step[:, 0]
-        out.append(base)
-        sequence = torch.cat([sequence, step.to(sequence.dtype)], dim=1)
+    with torch.no_grad():
+        for k in range(future_target.shape[1]):
+            inputs = sequence[:, -window:]
+            z = inference.posterior_code(model, inputs, base, future_target[:, k])
+            step, _ = model.rollout(inputs, base, 1, latents=z[:, None])
+            base = step[:, 0]
+            out.append(base)
+            sequence = torch.cat([sequence, step.to(sequence.dtype)], dim=1)
     return torch.stack(out, dim=1)
 
 
