@@ -13,7 +13,13 @@ whether the samples miss for lack of z or for lack of motion, with everything re
   rolled out: linear dynamics in representation space, the simplest rival). `displacement_gain`: regression
   coefficient of the probed displacement since the last context frame on the true one (1 = moves as far as the
   balls do, 0 = stands still), for the rollout and for the true future; `step_length`: mean probed distance per
-  step against the true one.
+  step against the true one. `straight`: the same errors for the balls that move in a straight line through the
+  whole clip (no bounce, no collision), beside a straight-line fit through the probe's readings of the context
+  frames, extrapolated (`probe_extrapolation`): what the past alone says about them, read by the same probe.
+  `change_autocorrelation`: the lag-1 correlation of frame-to-frame changes, of the true positions and of the
+  target representation (median over its dimensions). A one-step predictor fitted by squared error scales the
+  last velocity by about this much, and a rollout compounds it: a factor a per step leaves
+  sum_k a^k / h of the displacement after h steps (a = 0.8: 0.36 at h = 10).
 - `bounce_landing`: the futures family the targets are read on. For the deterministic rollout, for a rollout whose
   z at each step is the posterior's code given the rollout's own past and the true next frame (what the closed-loop
   training rollout does: the best z can do with this transition), and for prior samples: the share that lands on
@@ -84,6 +90,7 @@ def main() -> int:
     quiet = balls.deterministic()
     clips = generate_clips(quiet, args.clips, context + horizon, seed=futures.seed + 900)
     positions, present = by_color(clips.state["positions"], clips.state, balls.palette)  # (N, T, P, 2), (N, T, P)
+    velocities, _ = by_color(clips.state["velocities"], clips.state, balls.palette)
     online = inference.encode(model, clips.frames)  # (N, T, D)
     target = inference.encode(model, clips.frames, target=True)
     rolled, _ = inference.rollout(model, online[:, :context], target[:, :context], horizon, window=window,
@@ -118,6 +125,15 @@ def main() -> int:
     def step_length(read: np.ndarray) -> float:
         return round(float(np.linalg.norm(np.diff(read, axis=1), axis=-1)[both].mean()), 4)
 
+    straight = _straight(velocities, present)[:, context:] & shown  # (N, H, P)
+    probe_extrapolation = _extrapolate(read_all(target[:, :context]), horizon)
+
+    def straight_errors(read: np.ndarray) -> list[float]:
+        error = np.linalg.norm(read - truth, axis=-1)
+        return [round(float(error[:, h][straight[:, h]].mean()), 4) if straight[:, h].any() else float("nan")
+                for h in range(horizon)]
+
+    representation = target.double().cpu().numpy()
     motion = {
         "clips": args.clips,
         "position_error": errors,
@@ -126,6 +142,20 @@ def main() -> int:
         "step_length": {"deterministic_rollout": step_length(readings["deterministic_rollout"]),
                         "true_future_frames": step_length(readings["true_future_frames"]),
                         "true_positions": step_length(truth)},
+        "straight": {
+            "share": [round(float(straight[:, h].sum() / max(shown[:, h].sum(), 1)), 3) for h in range(horizon)],
+            "position_error": {"deterministic_rollout": straight_errors(readings["deterministic_rollout"]),
+                               "copy_last": straight_errors(readings["copy_last"]),
+                               "probe_extrapolation": straight_errors(probe_extrapolation),
+                               "true_positions_extrapolation": straight_errors(
+                                   _extrapolate(positions[:, :context], horizon))},
+        },
+        "change_autocorrelation": {
+            "true_positions": round(float(np.nanmedian(_change_autocorrelation(
+                positions.reshape(*positions.shape[:2], -1), np.repeat(present, 2, axis=-1)))), 3),
+            "target_representation": round(float(np.nanmedian(_change_autocorrelation(
+                representation, np.ones(representation.shape, dtype=bool)))), 3),
+        },
     }
 
     # ---------------------------------------------------------------- where the bounce futures land
@@ -182,6 +212,42 @@ def main() -> int:
     print(json.dumps({"checkpoint": str(args.checkpoint), "horizon": horizon, "window": window, "motion": motion,
                       "bounce_landing": bounce, "seconds": round(time.perf_counter() - started, 1)}, indent=1))
     return 0
+
+
+def _straight(velocities, present):
+    """(N, T, P, 2) velocities, (N, T, P) presence -> (N, T, P): True where a ball present since frame 0 has kept
+    frame 0's velocity through frame t (no bounce, collision or kick so far)."""
+    import numpy as np
+
+    first = velocities[:, :1]
+    same = np.isclose(velocities, first, atol=1e-6).all(-1) & present  # (N, T, P)
+    return np.cumprod(same, axis=1).astype(bool)
+
+
+def _extrapolate(points, horizon: int):
+    """Least-squares straight line through each track of (N, C, P, 2) points, continued: (N, horizon, P, 2)."""
+    import numpy as np
+
+    c = points.shape[1]
+    steps = np.arange(c, dtype=np.float64) - (c - 1)  # the last point at 0
+    centred = steps - steps.mean()
+    slope = np.einsum("c,ncpx->npx", centred, points - points.mean(1, keepdims=True)) / max((centred ** 2).sum(), 1e-12)
+    at_last = points.mean(1) - slope * steps.mean()  # (N, P, 2): the fitted line at the last point
+    ahead = np.arange(1, horizon + 1, dtype=np.float64)
+    return at_last[:, None] + ahead[None, :, None, None] * slope[:, None]
+
+
+def _change_autocorrelation(values, valid):
+    """(N, T, F) series and their (N, T, F) validity -> (F,) lag-1 correlation (about 0) of the changes per frame,
+    pooled over clips; pairs that touch an invalid frame are left out."""
+    import numpy as np
+
+    change = np.diff(values, axis=1)
+    ok = valid[:, 1:] & valid[:, :-1]  # (N, T-1, F)
+    pair = ok[:, 1:] & ok[:, :-1]
+    later, earlier = np.where(pair, change[:, 1:], 0.0), np.where(pair, change[:, :-1], 0.0)
+    norm = np.sqrt((later ** 2).sum((0, 1)) * (earlier ** 2).sum((0, 1)))
+    return np.where(norm > 0, (later * earlier).sum((0, 1)) / np.maximum(norm, 1e-30), np.nan)
 
 
 def _fit_linear_dynamics(model, balls, clips: int, length: int, seed: int):

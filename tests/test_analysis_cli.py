@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -285,6 +286,13 @@ def test_rollout_motion_bench_reads_motion_and_landing_per_horizon(run_dir):
     # Copy-last stands still while the balls move on: its error grows with the horizon.
     assert motion["position_error"]["copy_last"][-1] > motion["position_error"]["copy_last"][0]
     assert motion["step_length"]["true_positions"] > 0
+    straight = motion["straight"]
+    assert len(straight["share"]) == horizon and all(0 <= v <= 1 for v in straight["share"])
+    assert set(straight["position_error"]) == {"deterministic_rollout", "copy_last", "probe_extrapolation",
+                                               "true_positions_extrapolation"}
+    # A straight line through the true positions of a ball that moves straight is its future, exactly.
+    assert all(e < 1e-4 for e in straight["position_error"]["true_positions_extrapolation"] if math.isfinite(e))
+    assert -1 <= motion["change_autocorrelation"]["true_positions"] <= 1
     landing = result["bounce_landing"]
     assert landing["scenes"] == 4 and landing["ways_apart"][0] == 0.0 and landing["ways_apart"][-1] > 0.1
     for name in ("true_future_frames", "posterior_rollout", "deterministic_rollout", "prior_samples"):
@@ -309,3 +317,30 @@ def test_linear_dynamics_of_the_motion_bench_extrapolate_a_constant_change():
     step = last - before
     expected = torch.stack([last + (k + 1) * step for k in range(4)], dim=1)
     assert torch.allclose(rolled, expected)
+
+
+def test_motion_bench_helpers_on_known_tracks():
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("rollout_motion", root / "bench" / "rollout_motion.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # A straight-line fit through points on a line continues the line; through noisy points, their trend.
+    line = np.array([0.1, 0.2]) + np.arange(4)[:, None] * np.array([0.03, -0.01])  # (C, 2)
+    ahead = bench._extrapolate(line[None, :, None], 3)  # (1, 3, 1, 2)
+    assert np.allclose(ahead[0, :, 0], line[-1] + np.arange(1, 4)[:, None] * np.array([0.03, -0.01]))
+    zigzag = line + np.array([[0.01], [-0.01], [0.01], [-0.01]])
+    assert np.allclose(bench._extrapolate(zigzag[None, :, None], 1)[0, 0, 0], line[-1] + [0.03, -0.01], atol=0.01)
+    # Straight until the velocity changes (a bounce at frame 2), and never for a ball absent at frame 0.
+    velocities = np.zeros((1, 4, 2, 2))
+    velocities[0, :, 0] = [[0.03, 0.01], [0.03, 0.01], [-0.03, 0.01], [-0.03, 0.01]]
+    present = np.array([[[True, False], [True, True], [True, True], [True, True]]])
+    assert bench._straight(velocities, present).tolist() == [[[True, False], [True, False], [False, False],
+                                                              [False, False]]]
+    # Lag-1 autocorrelation of the changes: 1 for constant steps, -1 for alternating ones.
+    steady = np.cumsum(np.full((2, 6, 1), 0.5), axis=1) + np.random.default_rng(0).normal(size=(2, 1, 1))
+    alternating = np.cumsum(np.tile([[1.0], [-1.0]], (3, 1))[None], axis=1)
+    valid = np.ones((2, 6, 1), dtype=bool)
+    assert bench._change_autocorrelation(steady, valid)[0] == pytest.approx(1.0)
+    assert bench._change_autocorrelation(alternating, valid[:1])[0] == pytest.approx(-1.0)
