@@ -264,13 +264,12 @@ def reveal_step(model: WorldModel, context_online: torch.Tensor, context_target:
         inputs = torch.cat([context_online[rows], futures_online[rows, 0, :r]], 1)[:, -window:]
         last = torch.cat([context_target[rows], futures_target[rows, 0, :r]], 1)[:, -1]
         summary = model.past(inputs)[:, -1]
-        velocity = model.recent_velocity(inputs)[:, -1]  # (n, D): the transition's momentum input
         prior = model.latent.prior(summary)
-        expected = model.transition(summary, prior.code, last, velocity)
+        expected = model.transition(summary, prior.code, last)
         targets = futures_target[rows, :, r]  # (n, K, D)
         codes = torch.stack([model.posterior(inputs, targets[:, w], last_target=last).code for w in range(k)], 1)
         repeat = lambda x: x.unsqueeze(1).expand(-1, k, *x.shape[1:])  # noqa: E731  (n, ...) -> (n, K, ...)
-        posterior_prediction = model.transition(repeat(summary), codes, repeat(last), repeat(velocity))
+        posterior_prediction = model.transition(repeat(summary), codes, repeat(last))
         out["prior_mean_error"].append(distance(repeat(expected), targets).mean(1))
         out["posterior_error"].append(distance(posterior_prediction, targets).mean(1))
         out["ways_mean_error"].append(distance(repeat(targets.mean(1)), targets).mean(1))
@@ -283,8 +282,7 @@ def reveal_step(model: WorldModel, context_online: torch.Tensor, context_target:
             z.requires_grad_(True)
             search = torch.optim.Adam([z], lr=0.05)
             for _ in range(search_steps):
-                error = distance(model.transition(repeat(summary), z, repeat(last), repeat(velocity)),
-                                 targets)  # (n, K)
+                error = distance(model.transition(repeat(summary), z, repeat(last)), targets)  # (n, K)
                 with torch.no_grad():
                     better = error < best_error
                     best[better], best_error[better] = z[better], error[better]

@@ -39,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-REFITTABLE = ("latent.", "predictor.momentum", "rollout_latent", "prediction_weight", "rollout_weight", "best_of_weight", "best_of_samples")
+REFITTABLE = ("latent.", "rollout_latent", "prediction_weight", "rollout_weight", "best_of_weight", "best_of_samples")
 
 
 def main() -> int:
@@ -85,7 +85,7 @@ def main() -> int:
     for item in args.overrides:
         key = item.split("=", 1)[0]
         if not key.startswith("model.") or not key[len("model."):].startswith(REFITTABLE):
-            parser.error(f"{item}: only model.latent.*, model.predictor.momentum and the predictive loss weights "
+            parser.error(f"{item}: only model.latent.* and the predictive loss weights "
                          f"(model.{', model.'.join(REFITTABLE[1:])}) can be refitted on a frozen encoder")
         stripped.append(item[len("model."):])
     config = apply_overrides(trained.config, stripped)
@@ -169,10 +169,8 @@ def main() -> int:
         o, t = inference.encode(model, held_out.frames), inference.encode(model, held_out.frames, target=True)
         summary, prior, posterior = model._teacher_forced(o, t, None)
         used = model.latent.cost(posterior.mean, posterior.std, prior).double().cpu().numpy()
-        velocity = model.recent_velocity(o[:, :-1])  # (B, T-1, D): the transition's momentum input
-        with_posterior = distance(model.transition(summary, posterior.code, t[:, :-1], velocity),
-                                  t[:, 1:]).double().cpu().numpy()
-        with_prior = distance(model.transition(summary, prior.code, t[:, :-1], velocity), t[:, 1:]).double().cpu().numpy()
+        with_posterior = distance(model.transition(summary, posterior.code, t[:, :-1]), t[:, 1:]).double().cpu().numpy()
+        with_prior = distance(model.transition(summary, prior.code, t[:, :-1]), t[:, 1:]).double().cpu().numpy()
     events = {}
     for name, rows in step_events(held_out.state["velocities"], held_out.state["kicked"]).items():
         events[name] = {"steps": int(rows.sum()), "capacity": float(used[rows].mean()),

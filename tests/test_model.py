@@ -388,58 +388,6 @@ def test_change_inputs_make_the_summary_see_motion_linearly(model_config):
         assert torch.equal(without(a)[:, -1], without(b)[:, -1])
 
 
-def test_momentum_makes_constant_velocity_the_default_of_every_prediction(model_config, frames, tmp_path):
-    """With predictor.momentum = k the transition adds gain * (s_t - s_{t-k}) / k to its residual. With f silenced
-    (its last layer zeroed) and the gain at its initial 1, a rollout continues the context's velocity exactly, the
-    energy of a constant-velocity future is 0 (z from the prior costs nothing), and the model round-trips through
-    save/load."""
-    config = replace(model_config, predictor=replace(model_config.predictor, momentum=2), target="shared")
-    torch.manual_seed(0)
-    model = WorldModel(config).eval()
-    assert torch.equal(model.transition.momentum_gain, torch.ones(config.encoder.dim))
-    last_layer = model.transition.net[-1]
-    torch.nn.init.zeros_(last_layer.weight)
-    torch.nn.init.zeros_(last_layer.bias)
-    dim, horizon = config.encoder.dim, 5
-    start, step = torch.randn(2, dim), 0.1 * torch.randn(2, dim)
-    context = torch.stack([start, start + step, start + 2 * step], dim=1)  # (B, 3, D) moving at a constant rate
-    with torch.no_grad():
-        rolled, _ = model.rollout(context, context[:, -1], horizon, deterministic=True)
-        expected = context[:, -1:] + step[:, None] * torch.arange(1, horizon + 1)[None, :, None]  # (B, H, D)
-        assert torch.allclose(rolled, expected, atol=1e-5)
-        # A sequence of one input has no change: the prediction is the last target again.
-        alone, _ = model.rollout(context[:, :1], context[:, 0], 1, deterministic=True)
-        assert torch.allclose(alone[:, 0], context[:, 0], atol=1e-6)
-        # The energy is 0 on the constant-velocity future; a future that stops dead costs until the 2-frame
-        # velocity has caught up with the stop, and then nothing (standing still is constant velocity too).
-        sequence = torch.cat([context, expected], dim=1)
-        assert model.energy_of_representations(sequence, sequence, 3).abs().max() < 1e-8
-        still = torch.cat([context, context[:, -1:].expand(-1, horizon, -1)], dim=1)
-        stopped = model.energy_of_representations(still, still, 3)  # (B, horizon)
-        assert stopped[:, :2].min() > 1e-4 and stopped[:, 2:].abs().max() < 1e-8
-        # The velocity is averaged over the last 2 inputs: a jittered middle frame does not change it.
-        jittered = context.clone()
-        jittered[:, 1] += 0.05 * torch.randn(2, dim)
-        shaken, _ = model.rollout(jittered, jittered[:, -1], 1, deterministic=True)
-        assert torch.allclose(shaken[:, 0], expected[:, 0], atol=1e-5)
-        # Without the momentum input, the transition refuses rather than silently predicting without it.
-        with pytest.raises(ValueError, match="momentum"):
-            model.transition(torch.zeros(2, config.predictor.width), torch.zeros(2, config.latent.code_size),
-                             context[:, -1])
-    # It trains: the gain gets a gradient from the prediction loss.
-    model.train()
-    loss, _ = model.loss(frames)
-    loss.backward()
-    assert model.transition.momentum_gain.grad is not None and model.transition.momentum_gain.grad.abs().sum() > 0
-    model.eval()
-    model.save(tmp_path / "m")
-    loaded = WorldModel.load(tmp_path / "m").eval()
-    assert loaded.config.predictor.momentum == 2
-    with torch.no_grad():
-        again, _ = loaded.rollout(context, context[:, -1], horizon, deterministic=True)
-    assert torch.allclose(again, rolled, atol=1e-6)
-
-
 def test_best_of_prior_is_the_closest_prior_sample_and_trains_the_prior(model_config):
     config = replace(model_config, best_of_weight=1.0, best_of_samples=6)
     model = WorldModel(config)

@@ -63,15 +63,6 @@ class PredictorConfig:
     something attention has to compute from two tokens: with frames alone, a 2,000-step small model predicted
     the next target representation worse than extrapolating the last two at constant velocity did (0.0101 vs
     0.0069 per dim). Saved models that predate this field were built without it and load as such."""
-    momentum: int = 0
-    """Start each prediction from the last representation plus the inputs' recent velocity, times a learned gain
-    per dimension (initialised to 1): s̄_{t+1} = s̄_t + g * (s_t - s_{t-k}) / k + f(h_t, z_t), k = this many
-    frames (fewer at the start of a sequence); 0 = off. Constant velocity is then the default, and f and z model
-    only departures from it (a bounce, a kick). Without it, f must reproduce the motion through the transformer's
-    final LayerNorm and an MLP, and on a 2,500-step small model it carried only 30-40% of a ball's motion 10 steps
-    out on clips whose future is fully determined. Averaging over k > 1 frames matters: a frame's representation
-    jitters, so the last change alone is a noisy velocity that training learns to shrink (a gain near 0.5). Saved
-    models that predate this field were built without it and load as such."""
 
 
 @dataclass
@@ -235,9 +226,6 @@ class ModelConfig:
                 f"model.predictor.width={self.predictor.width} must be divisible by "
                 f"model.predictor.heads={self.predictor.heads}"
             )
-        if self.predictor.momentum < 0:
-            raise ValueError(f"model.predictor.momentum must be >= 0 (frames the velocity is averaged over; 0 = off), "
-                             f"got {self.predictor.momentum}")
         for name, channels in (("encoder", self.encoder.channels),):
             for c in channels:
                 if c % self.encoder.groups != 0:

@@ -29,7 +29,7 @@ from .config import ModelConfig
 from .decoder import PixelDecoder
 from .encoder import FrameEncoder
 from .latent import Gaussian, Latent
-from .predictor import PastEncoder, TransitionHead, input_changes
+from .predictor import PastEncoder, TransitionHead
 
 
 @dataclass
@@ -83,8 +83,7 @@ class WorldModel(nn.Module):
         self.past = PastEncoder(config.predictor, dim=dim, action_dim=config.action_dim)
         self.latent = Latent(config.latent, width=config.predictor.width, dim=dim)
         self.transition = TransitionHead(
-            width=config.predictor.width, latent_dim=config.latent.code_size, dim=dim, hidden=config.latent.hidden,
-            momentum=config.predictor.momentum > 0,
+            width=config.predictor.width, latent_dim=config.latent.code_size, dim=dim, hidden=config.latent.hidden
         )
         self.decoder = PixelDecoder(config.decoder, dim=dim, image_size=config.image_size)
 
@@ -151,11 +150,6 @@ class WorldModel(nn.Module):
             target.lerp_(online.detach(), 1.0 - decay)
 
     # ------------------------------------------------------------------ prediction
-    def recent_velocity(self, inputs: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) inputs -> (B, T, D) the velocity the transition's momentum starts from at each step: the change
-        per frame over the last model.predictor.momentum inputs (see PredictorConfig.momentum)."""
-        return input_changes(inputs, max(self.config.predictor.momentum, 1))
-
     def rollout(
         self,
         context: torch.Tensor,
@@ -181,7 +175,7 @@ class WorldModel(nn.Module):
         if window is not None and window < 1:
             raise ValueError(f"window must be >= 1 or None, got {window}")
 
-        def pick(k: int, summary: torch.Tensor, base: torch.Tensor, velocity: torch.Tensor) -> torch.Tensor:
+        def pick(k: int, summary: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
             if latents is not None:
                 return latents[:, k]
             prior = self.latent.prior(summary)
@@ -191,8 +185,8 @@ class WorldModel(nn.Module):
 
     def _unroll(self, context: torch.Tensor, last_target: torch.Tensor, horizon: int, pick, *,
                 actions: torch.Tensor | None, window: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The open-loop loop itself: pick(k, h_k (B, width), base (B, D), velocity (B, D)) -> z_k (B, Z) chooses each
-        step's z from the rollout's own summary. Returns (predictions (B, horizon, D), latents (B, horizon, Z))."""
+        """The open-loop loop itself: pick(k, h_k (B, width), base (B, D)) -> z_k (B, Z) chooses each step's z from
+        the rollout's own summary. Returns (predictions (B, horizon, D), latents (B, horizon, Z))."""
         sequence, base = context, last_target
         predictions, used = [], []
         for k in range(horizon):
@@ -201,9 +195,8 @@ class WorldModel(nn.Module):
             step_actions = None if actions is None else actions[:, first:known]
             # (B, width): h at the last known/predicted frame
             summary = self.past(sequence[:, first:], step_actions)[:, -1]
-            velocity = self.recent_velocity(sequence)[:, -1]  # (B, D); 0 with one input
-            z = pick(k, summary, base, velocity)
-            base = self.transition(summary, z, base, velocity)  # (B, D)
+            z = pick(k, summary, base)
+            base = self.transition(summary, z, base)  # (B, D)
             predictions.append(base)
             used.append(z)
             sequence = torch.cat([sequence, base.unsqueeze(1).to(sequence.dtype)], dim=1)
@@ -225,13 +218,13 @@ class WorldModel(nn.Module):
         future = target[:, context:]  # (B, T-C, D)
         costs = []
 
-        def pick(k: int, summary: torch.Tensor, base: torch.Tensor, velocity: torch.Tensor) -> torch.Tensor:
+        def pick(k: int, summary: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
             if mode == "teacher_forced":
                 return teacher_z[:, context - 1 + k]
             prior = self.latent.prior(summary)
             if mode == "prior_mean":
                 return self.latent.sample_prior(prior, generator=None, deterministic=True).detach()
-            posterior = self._infer(summary, prior, base, future[:, k], velocity)
+            posterior = self._infer(summary, prior, base, future[:, k])
             costs.append(self.latent.cost(posterior.mean, posterior.std, prior))
             return self.latent.training_code(posterior)
 
@@ -317,10 +310,9 @@ class WorldModel(nn.Module):
         # Predict s̄_{t+1} from s_{<=t}; the residual starts from s̄_t, so predictions live in target space and
         # the encoder is shaped only through the summary h_t (the JEPA way: no gradient through targets).
         current, next_target = target[:, :-1], target[:, 1:]
-        velocity = self.recent_velocity(online[:, :-1])  # (B, T-1, D)
         summary, prior, posterior = self._teacher_forced(online, target, actions)
         z = self.latent.training_code(posterior)  # (B, T-1, Z)
-        prediction = self.transition(summary, z, current, velocity)  # (B, T-1, D)
+        prediction = self.transition(summary, z, current)  # (B, T-1, D)
         capacity = self.latent.cost(posterior.mean, posterior.std, prior)  # (B, T-1) nats or |z|_1
 
         # Open loop from the context: predictions are fed back as inputs.
@@ -337,7 +329,7 @@ class WorldModel(nn.Module):
         if not telemetry:
             return losses, {}
         with torch.no_grad():
-            prior_prediction = self.transition(summary, prior.code, current, velocity)
+            prior_prediction = self.transition(summary, prior.code, current)
             metrics = {
                 "error/prediction": float(distance(prediction, next_target).mean()),
                 "error/prior_mean_prediction": float(distance(prior_prediction, next_target).mean()),
@@ -385,19 +377,17 @@ class WorldModel(nn.Module):
         actions = self.prepare_actions(actions, inputs.shape[0], inputs.shape[1])
         summary = self.past(inputs.float(), actions)[:, -1]
         current = None if last_target is None else last_target.float()
-        velocity = self.recent_velocity(inputs.float())[:, -1]  # (B, D)
-        return self._infer(summary, self.latent.prior(summary), current, next_target.float(), velocity)
+        return self._infer(summary, self.latent.prior(summary), current, next_target.float())
 
     def _infer(self, summary: torch.Tensor, prior: Gaussian, current: torch.Tensor | None,
-               next_target: torch.Tensor, velocity: torch.Tensor) -> Gaussian:
+               next_target: torch.Tensor) -> Gaussian:
         """The posterior for the step from `current` (the target representation the prediction starts from) to
-        `next_target`; `velocity` is the inputs' recent velocity (the transition's momentum). A posterior that sees the
-        innovation is shown next_target minus the prior mean's prediction; that prediction is only its input, so it
-        is made without gradient (it trains neither prior nor transition)."""
+        `next_target`. A posterior that sees the innovation is shown next_target minus the prior mean's prediction;
+        that prediction is only its input, so it is made without gradient (it trains neither prior nor transition)."""
         expected = None
         if self.config.latent.sees_innovation:
             with torch.no_grad():
-                expected = self.transition(summary, prior.code, current, velocity)
+                expected = self.transition(summary, prior.code, current)
         return self.latent.infer(summary, next_target, expected)
 
     @torch.no_grad()
@@ -415,8 +405,7 @@ class WorldModel(nn.Module):
         (B, T, D): the predictor reads the true frames <= t, the posterior is shown target t+1."""
         summary = self.past(online[:, :-1], actions)
         prior = self.latent.prior(summary)
-        velocity = self.recent_velocity(online[:, :-1])  # (B, T-1, D)
-        return summary, prior, self._infer(summary, prior, target[:, :-1], target[:, 1:], velocity)
+        return summary, prior, self._infer(summary, prior, target[:, :-1], target[:, 1:])
 
     # ------------------------------------------------------------------ energy
     def energy_of_representations(
@@ -436,13 +425,12 @@ class WorldModel(nn.Module):
             raise ValueError(f"start must be in [1, {inputs.shape[1] - 1}], got {start}")
         actions = self.prepare_actions(actions, inputs.shape[0], inputs.shape[1] - 1)
         summary = self.past(inputs[:, :-1].float(), actions)[:, start - 1 :]
-        velocity = self.recent_velocity(inputs[:, :-1].float())[:, start - 1 :]  # (B, T - start, D)
         current, next_target = targets[:, start - 1 : -1].float(), targets[:, start:].float()
         prior = self.latent.prior(summary)
-        posterior = self._infer(summary, prior, current, next_target, velocity)
+        posterior = self._infer(summary, prior, current, next_target)
 
         def step_distance(z: torch.Tensor) -> torch.Tensor:
-            return distance(self.transition(summary.detach(), z, current.detach(), velocity.detach()), next_target)
+            return distance(self.transition(summary.detach(), z, current.detach()), next_target)
 
         weight = self.latent.cost_weight
         z = self.latent.refine(posterior.code, posterior.std, prior, step_distance)

@@ -80,7 +80,8 @@ class PastEncoder(nn.Module):
         x = self.to_width(representations) + self.position[:length]
         if self.from_change is not None:
             # (B, T, D): the first input has no predecessor in the sequence, so its change is 0 (as in training).
-            x = x + self.from_change(input_changes(representations))
+            change = representations - torch.cat([representations[:, :1], representations[:, :-1]], dim=1)
+            x = x + self.from_change(change)
         if self.from_action is not None:
             if actions is None or actions.shape[:2] != representations.shape[:2]:
                 shape = None if actions is None else tuple(actions.shape)
@@ -95,35 +96,14 @@ class PastEncoder(nn.Module):
 
 
 class TransitionHead(nn.Module):
-    """(h_t, z_t, base[, velocity]) -> predicted s̄_{t+1} as a residual on base = s̄_t (motion is a small change of a
-    frame). With `momentum`, the residual also starts from the inputs' recent velocity times a learned gain per
-    dimension, so that constant velocity is what f adds to (see PredictorConfig.momentum)."""
+    """(h_t, z_t, base) -> predicted s̄_{t+1} as a residual on base = s̄_t (motion is a small change of a frame)."""
 
-    def __init__(self, *, width: int, latent_dim: int, dim: int, hidden: int, momentum: bool = False) -> None:
+    def __init__(self, *, width: int, latent_dim: int, dim: int, hidden: int) -> None:
         super().__init__()
         self.net = nn.Sequential(
             nn.Linear(width + latent_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
             nn.Linear(hidden, dim),
         )
-        self.momentum_gain = nn.Parameter(torch.ones(dim)) if momentum else None
 
-    def forward(self, summary: torch.Tensor, z: torch.Tensor, current: torch.Tensor,
-                velocity: torch.Tensor | None = None) -> torch.Tensor:
-        out = current + self.net(torch.cat([summary, z], dim=-1))
-        if self.momentum_gain is None:
-            return out
-        if velocity is None:
-            raise ValueError("this model's transition carries momentum (model.predictor.momentum > 0): pass velocity, "
-                             "the inputs' recent velocity (WorldModel.recent_velocity)")
-        return out + self.momentum_gain * velocity.to(out.dtype)
-
-
-def input_changes(inputs: torch.Tensor, span: int = 1) -> torch.Tensor:
-    """(B, T, D) -> (B, T, D) change per frame of each input over the last `span` frames, (s_t - s_{t-k}) / k with
-    k = min(span, t); 0 for the first input (no predecessor in the sequence). span=1 is the change since the
-    previous input, as the change inputs of `PastEncoder` see it."""
-    length = inputs.shape[1]
-    steps = torch.arange(length, device=inputs.device)
-    earlier = (steps - span).clamp(min=0)  # (T,)
-    frames = (steps - earlier).clamp(min=1).to(inputs.dtype)  # (T,): k, and 1 where t = 0 (the change is 0 there)
-    return (inputs - inputs[:, earlier]) / frames[:, None]
+    def forward(self, summary: torch.Tensor, z: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        return current + self.net(torch.cat([summary, z], dim=-1))

@@ -94,8 +94,7 @@ def read_config(directory: Path) -> ModelConfig:
         encoder.setdefault("keypoint_passthrough", False)
     if isinstance(model, dict):
         model.setdefault("rollout_latent", "teacher_forced")  # saved before the field existed
-    for section, key, old in (("predictor", "change_inputs", False), ("predictor", "momentum", 0),
-                              ("latent", "posterior_input", "target")):
+    for section, key, old in (("predictor", "change_inputs", False), ("latent", "posterior_input", "target")):
         part = model.get(section) if isinstance(model, dict) else None
         if isinstance(part, dict):
             # Saved before this field existed: built the old way.
