@@ -17,9 +17,10 @@ whether the samples miss for lack of z or for lack of motion, with everything re
   whole clip (no bounce, no collision), beside a straight-line fit through the probe's readings of the context
   frames, extrapolated (`probe_extrapolation`): what the past alone says about them, read by the same probe.
   `change_autocorrelation`: the lag-1 correlation of frame-to-frame changes, of the true positions and of the
-  target representation (median over its dimensions). A one-step predictor fitted by squared error scales the
-  last velocity by about this much, and a rollout compounds it: a factor a per step leaves
-  sum_k a^k / h of the displacement after h steps (a = 0.8: 0.36 at h = 10).
+  target representation (median over its dimensions). A one-step predictor fitted by squared error that cannot
+  tell a ball about to bounce from one that is not scales the last velocity by about this much, and a rollout
+  compounds it: a factor a per step leaves sum_k a^k / h of the displacement after h steps (a = 0.8: 0.36 at
+  h = 10).
 - `bounce_landing`: the futures family the targets are read on. For the deterministic rollout, for a rollout whose
   z at each step is the posterior's code given the rollout's own past and the true next frame (what the closed-loop
   training rollout does: the best z can do with this transition), and for prior samples: the share that lands on
@@ -231,15 +232,16 @@ def _extrapolate(points, horizon: int):
     c = points.shape[1]
     steps = np.arange(c, dtype=np.float64) - (c - 1)  # the last point at 0
     centred = steps - steps.mean()
-    slope = np.einsum("c,ncpx->npx", centred, points - points.mean(1, keepdims=True)) / max((centred ** 2).sum(), 1e-12)
+    spread = max(float((centred ** 2).sum()), 1e-12)
+    slope = np.einsum("c,ncpx->npx", centred, points - points.mean(1, keepdims=True)) / spread  # (N, P, 2)
     at_last = points.mean(1) - slope * steps.mean()  # (N, P, 2): the fitted line at the last point
     ahead = np.arange(1, horizon + 1, dtype=np.float64)
     return at_last[:, None] + ahead[None, :, None, None] * slope[:, None]
 
 
 def _change_autocorrelation(values, valid):
-    """(N, T, F) series and their (N, T, F) validity -> (F,) lag-1 correlation (about 0) of the changes per frame,
-    pooled over clips; pairs that touch an invalid frame are left out."""
+    """(N, T, F) series and their (N, T, F) validity -> (F,) lag-1 correlation of the changes per frame, pooled
+    over clips and uncentred (changes average about 0); pairs that touch an invalid frame are left out."""
     import numpy as np
 
     change = np.diff(values, axis=1)
