@@ -109,10 +109,13 @@ def main() -> int:
         "linear_dynamics": read_all(linear.float()),
     }
 
-    def per_horizon(values: np.ndarray) -> list[float]:
-        return [round(float(values[:, h][shown[:, h]].mean()), 4) for h in range(horizon)]
+    def position_error(read: np.ndarray, balls: np.ndarray = shown) -> list[float]:
+        """Mean distance of read positions (N, H, P, 2) from the true ones per horizon, over the (N, H, P) mask."""
+        error = np.linalg.norm(read - truth, axis=-1)  # (N, H, P)
+        return [round(float(error[:, h][balls[:, h]].mean()), 4) if balls[:, h].any() else float("nan")
+                for h in range(horizon)]
 
-    errors = {name: per_horizon(np.linalg.norm(read - truth, axis=-1)) for name, read in readings.items()}
+    errors = {name: position_error(read) for name, read in readings.items()}
     true_move = truth - last_true  # (N, H, P, 2)
 
     def gain(read: np.ndarray) -> list[float]:
@@ -129,11 +132,6 @@ def main() -> int:
     straight = _straight(velocities, present)[:, context:] & shown  # (N, H, P)
     probe_extrapolation = _extrapolate(read_all(target[:, :context]), horizon)
 
-    def straight_errors(read: np.ndarray) -> list[float]:
-        error = np.linalg.norm(read - truth, axis=-1)
-        return [round(float(error[:, h][straight[:, h]].mean()), 4) if straight[:, h].any() else float("nan")
-                for h in range(horizon)]
-
     representation = target.double().cpu().numpy()
     motion = {
         "clips": args.clips,
@@ -145,11 +143,12 @@ def main() -> int:
                         "true_positions": step_length(truth)},
         "straight": {
             "share": [round(float(straight[:, h].sum() / max(shown[:, h].sum(), 1)), 3) for h in range(horizon)],
-            "position_error": {"deterministic_rollout": straight_errors(readings["deterministic_rollout"]),
-                               "copy_last": straight_errors(readings["copy_last"]),
-                               "probe_extrapolation": straight_errors(probe_extrapolation),
-                               "true_positions_extrapolation": straight_errors(
-                                   _extrapolate(positions[:, :context], horizon))},
+            "position_error": {
+                "deterministic_rollout": position_error(readings["deterministic_rollout"], straight),
+                "copy_last": position_error(readings["copy_last"], straight),
+                "probe_extrapolation": position_error(probe_extrapolation, straight),
+                "true_positions_extrapolation": position_error(_extrapolate(positions[:, :context], horizon),
+                                                               straight)},
         },
         "change_autocorrelation": {
             "true_positions": round(float(np.nanmedian(_change_autocorrelation(
