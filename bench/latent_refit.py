@@ -6,9 +6,14 @@ a training run. Prints JSON.
     python bench/latent_refit.py --checkpoint runs/inno/train model.latent.posterior_input=scaled_innovation
     python bench/latent_refit.py --checkpoint runs/inno/train --horizon 10 --steps 1500 model.rollout_latent=closed_loop
 
+    python bench/latent_refit.py --checkpoint runs/def2 --fresh --steps 4000                    # control for ...
+    python bench/latent_refit.py --checkpoint runs/def2 --fresh --steps 4000 model.predictor.width=192 \
+        model.predictor.depth=3 model.latent.hidden=256                                           # ... a larger predictor
+
 The encoder and its EMA target stay as trained. The posterior is built afresh (so its input may change), and so is
-every weight whose shape the setting changes (`rebuilt` names their modules); the causal predictor, prior, posterior and
-transition are then trained for --steps on the predictive terms of the loss (prediction, rollout, capacity, prior
+every weight whose shape the setting changes (`rebuilt` names their modules; with --fresh, every module the refit
+trains starts from fresh weights, so that a resized predictor has a control that starts as it does); the causal
+predictor, prior, posterior and transition are then trained for --steps on the predictive terms of the loss (prediction, rollout, capacity, prior
 fit, best-of-prior when its weight is set), with the run's optimiser settings, over windows of clips drawn from the
 run's own simulator and encoded once. Then, on held-out material: the capacity used and the one-step errors per kind
 of step (`analysis.multifuture.step_events`: forks, kicks, quiet), the bounce family's futures metrics (the targets'
@@ -39,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-REFITTABLE = ("latent.", "rollout_latent", "prediction_weight", "rollout_weight", "best_of_weight", "best_of_samples")
+REFITTABLE = ("latent.", "predictor.", "rollout_latent", "prediction_weight", "rollout_weight", "best_of_weight", "best_of_samples")
 
 
 def main() -> int:
@@ -58,6 +63,10 @@ def main() -> int:
     parser.add_argument("--emergence-share", type=float, default=0.0,
                         help="share of each batch drawn from windows in which a ball fully hidden behind the "
                              "occluder comes out in a predicted frame (0: windows drawn uniformly)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start the causal predictor, prior, posterior and transition from fresh weights (not the "
+                             "trained ones): the control for a setting that rebuilds them, such as a larger "
+                             "model.predictor.width")
     parser.add_argument("--save", default="",
                         help="write the refitted model to DIR/model (+ the run's config.yaml), for the analysis "
                              "commands")
@@ -85,7 +94,7 @@ def main() -> int:
     for item in args.overrides:
         key = item.split("=", 1)[0]
         if not key.startswith("model.") or not key[len("model."):].startswith(REFITTABLE):
-            parser.error(f"{item}: only model.latent.* and the predictive loss weights "
+            parser.error(f"{item}: only model.latent.*, model.predictor.* and the predictive loss weights "
                          f"(model.{', model.'.join(REFITTABLE[1:])}) can be refitted on a frozen encoder")
         stripped.append(item[len("model."):])
     config = apply_overrides(trained.config, stripped)
@@ -116,8 +125,11 @@ def main() -> int:
                     for name, value in model.state_dict().items()
                     if name.startswith("latent.posterior.") or name not in old_state
                     or old_state[name].shape != value.shape})
+    refitted = ("past.", "latent.", "transition.") if args.fresh else ("latent.posterior.",)
+    if args.fresh:
+        fresh = sorted({name.split(".")[0] for name in model.state_dict() if name.startswith(refitted)})
     keep = {name: value for name, value in old_state.items()
-            if not name.startswith("latent.posterior.") and name in model.state_dict()
+            if not name.startswith(refitted) and name in model.state_dict()
             and model.state_dict()[name].shape == value.shape}
     model.load_state_dict(keep, strict=False)
     model.requires_grad_(False)
@@ -192,6 +204,7 @@ def main() -> int:
         "checkpoint": str(model_dir),
         "overrides": args.overrides,
         "rebuilt": fresh,
+        "trainable_parameters": sum(p.numel() for p in trainable),
         "steps": args.steps,
         "window": window,
         "occluder_prob": train_balls.occluder_prob,

@@ -206,6 +206,30 @@ def test_latent_refit_bench_rebuilds_the_posterior_and_reports_every_kind_of_ste
     assert bad.returncode == 2 and "model.encoder.dim=8" in bad.stderr
 
 
+def test_latent_refit_bench_refits_a_resized_predictor_from_fresh_weights(run_dir):
+    import subprocess
+    import sys
+    from dataclasses import replace
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(root / "bench" / "latent_refit.py"), "--checkpoint", str(run_dir), "--steps", "2",
+         "--clips", "8", "--scenes", "4", "--threads", "1", "--fresh", "model.predictor.width=32",
+         "model.predictor.depth=1"],
+        capture_output=True, text=True, timeout=600, cwd=root,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    # --fresh rebuilds everything the refit trains, so a resized predictor has a control that starts like it.
+    assert result["rebuilt"] == ["latent", "past", "transition"]
+    config = debug().model
+    resized = WorldModel(replace(config, predictor=replace(config.predictor, width=32, depth=1)))
+    expected = sum(p.numel() for name, p in resized.named_parameters() if name.startswith(("past.", "latent.",
+                                                                                           "transition.")))
+    assert result["trainable_parameters"] == expected
+    assert math.isfinite(result["bounce"]["deterministic"]) and result["bounce"]["deterministic"] > 0
+
+
 def test_hidden_ball_bench_reports_where_the_prediction_sits_at_the_frames_the_ball_is_due_out(run_dir):
     import subprocess
     import sys
