@@ -60,6 +60,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--occluder-prob", type=float, default=None,
                         help="share of training clips with an occluder (default: the run's data.balls.occluder_prob)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="train on the run's simulator without its random kicks and rough-wall scatters: what "
+                             "the transition learns when the past determines every step")
     parser.add_argument("--emergence-share", type=float, default=0.0,
                         help="share of each batch drawn from windows in which a ball fully hidden behind the "
                              "occluder comes out in a predicted frame (0: windows drawn uniformly)")
@@ -108,6 +111,8 @@ def main() -> int:
         if not 0.0 <= args.occluder_prob <= 1.0:
             parser.error(f"--occluder-prob must be in [0, 1], got {args.occluder_prob}")
         train_balls = replace(train_balls, occluder_prob=args.occluder_prob)
+    if args.deterministic:
+        train_balls = train_balls.deterministic()
     if not 0.0 <= args.emergence_share <= 1.0:
         parser.error(f"--emergence-share must be in [0, 1], got {args.emergence_share}")
     optim = from_dict(OptimConfig, run.get("optim", {}), path="optim")
@@ -208,6 +213,7 @@ def main() -> int:
         "steps": args.steps,
         "window": window,
         "occluder_prob": train_balls.occluder_prob,
+        "trained_on_deterministic_simulator": args.deterministic,
         "emergence_windows": {"available": int(len(emerging)),
                               "of": int(online.shape[0] * (online.shape[1] - window + 1)),
                               "share_of_batch": oversampled / args.batch_size},
