@@ -214,6 +214,7 @@ def main() -> int:
         "window": window,
         "occluder_prob": train_balls.occluder_prob,
         "trained_on_deterministic_simulator": args.deterministic,
+        "training_kicks_and_scatters": int(clips.state["kicked"].sum()),
         "emergence_windows": {"available": int(len(emerging)),
                               "of": int(online.shape[0] * (online.shape[1] - window + 1)),
                               "share_of_batch": oversampled / args.batch_size},

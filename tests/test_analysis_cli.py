@@ -201,6 +201,7 @@ def test_latent_refit_bench_rebuilds_the_posterior_and_reports_every_kind_of_ste
     assert len(drift["deterministic"]) == len(drift["copy_last"]) == 10
     assert all(0 < x < 10 for x in drift["deterministic"]) and drift["copy_last"][-1] > drift["copy_last"][0]
     assert result["bounce"]["reveal_step"]["reveal_frame"] == {"1": 4}
+    assert not result["trained_on_deterministic_simulator"] and result["training_kicks_and_scatters"] > 0
     bad = subprocess.run([sys.executable, str(root / "bench" / "latent_refit.py"), "--checkpoint", str(run_dir),
                           "model.encoder.dim=8"], capture_output=True, text=True, timeout=120, cwd=root)
     assert bad.returncode == 2 and "model.encoder.dim=8" in bad.stderr
@@ -214,7 +215,7 @@ def test_latent_refit_bench_refits_a_resized_predictor_from_fresh_weights(run_di
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run(
         [sys.executable, str(root / "bench" / "latent_refit.py"), "--checkpoint", str(run_dir), "--steps", "2",
-         "--clips", "8", "--scenes", "4", "--threads", "1", "--fresh", "model.predictor.width=32",
+         "--clips", "8", "--scenes", "4", "--threads", "1", "--fresh", "--deterministic", "model.predictor.width=32",
          "model.predictor.depth=1"],
         capture_output=True, text=True, timeout=600, cwd=root,
     )
@@ -228,6 +229,7 @@ def test_latent_refit_bench_refits_a_resized_predictor_from_fresh_weights(run_di
                                                                                            "transition.")))
     assert result["trainable_parameters"] == expected
     assert math.isfinite(result["bounce"]["deterministic"]) and result["bounce"]["deterministic"] > 0
+    assert result["trained_on_deterministic_simulator"] and result["training_kicks_and_scatters"] == 0
 
 
 def test_hidden_ball_bench_reports_where_the_prediction_sits_at_the_frames_the_ball_is_due_out(run_dir):
