@@ -6,16 +6,17 @@ a training run. Prints JSON.
     python bench/latent_refit.py --checkpoint runs/inno/train model.latent.posterior_input=scaled_innovation
     python bench/latent_refit.py --checkpoint runs/inno/train --horizon 10 --steps 1500 model.rollout_latent=closed_loop
 
-    python bench/latent_refit.py --checkpoint runs/def2 --fresh --steps 4000                    # control for ...
+    python bench/latent_refit.py --checkpoint runs/def2 --fresh --steps 4000              # the control for ...
     python bench/latent_refit.py --checkpoint runs/def2 --fresh --steps 4000 model.predictor.width=192 \
-        model.predictor.depth=3 model.latent.hidden=256                                           # ... a larger predictor
+        model.predictor.depth=3 model.latent.hidden=256                                     # ... a larger predictor
 
 The encoder and its EMA target stay as trained. The posterior is built afresh (so its input may change), and so is
 every weight whose shape the setting changes (`rebuilt` names their modules; with --fresh, every module the refit
 trains starts from fresh weights, so that a resized predictor has a control that starts as it does); the causal
-predictor, prior, posterior and transition are then trained for --steps on the predictive terms of the loss (prediction, rollout, capacity, prior
-fit, best-of-prior when its weight is set), with the run's optimiser settings, over windows of clips drawn from the
-run's own simulator and encoded once. Then, on held-out material: the capacity used and the one-step errors per kind
+predictor, prior, posterior and transition are then trained for --steps on the predictive terms of the loss
+(prediction, rollout, capacity, prior fit, best-of-prior when its weight is set), with the run's optimiser settings,
+over windows of clips drawn from the run's own simulator (without its kicks and scatters with --deterministic) and
+encoded once. Then, on held-out material: the capacity used and the one-step errors per kind
 of step (`analysis.multifuture.step_events`: forks, kicks, quiet), the bounce family's futures metrics (the targets'
 headline) with its reveal step, the z-leak check, and the deterministic rollout's error per horizon on held-out
 clips of the simulator without its random kicks and scatters (`rollout_drift`: what is left there is the model's own
@@ -44,7 +45,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-REFITTABLE = ("latent.", "predictor.", "rollout_latent", "prediction_weight", "rollout_weight", "best_of_weight", "best_of_samples")
+REFITTABLE = ("latent.", "predictor.", "rollout_latent", "prediction_weight", "rollout_weight", "best_of_weight",
+              "best_of_samples")
 
 
 def main() -> int:
@@ -126,13 +128,14 @@ def main() -> int:
     torch.manual_seed(args.seed)
     model = WorldModel(config)
     old_state = trained.state_dict()
-    fresh = sorted({name.split(".")[1] if name.startswith("latent.") else name.split(".")[0]
-                    for name, value in model.state_dict().items()
-                    if name.startswith("latent.posterior.") or name not in old_state
-                    or old_state[name].shape != value.shape})
     refitted = ("past.", "latent.", "transition.") if args.fresh else ("latent.posterior.",)
     if args.fresh:
         fresh = sorted({name.split(".")[0] for name in model.state_dict() if name.startswith(refitted)})
+    else:
+        fresh = sorted({name.split(".")[1] if name.startswith("latent.") else name.split(".")[0]
+                        for name, value in model.state_dict().items()
+                        if name.startswith("latent.posterior.") or name not in old_state
+                        or old_state[name].shape != value.shape})
     keep = {name: value for name, value in old_state.items()
             if not name.startswith(refitted) and name in model.state_dict()
             and model.state_dict()[name].shape == value.shape}
