@@ -45,6 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+TRAINED = ("past.", "latent.", "transition.")  # the modules a refit trains; the encoders stay frozen
 REFITTABLE = ("latent.", "predictor.", "rollout_latent", "prediction_weight", "rollout_weight", "best_of_weight",
               "best_of_samples")
 
@@ -128,9 +129,9 @@ def main() -> int:
     torch.manual_seed(args.seed)
     model = WorldModel(config)
     old_state = trained.state_dict()
-    refitted = ("past.", "latent.", "transition.") if args.fresh else ("latent.posterior.",)
+    refitted = TRAINED if args.fresh else ("latent.posterior.",)
     if args.fresh:
-        fresh = sorted({name.split(".")[0] for name in model.state_dict() if name.startswith(refitted)})
+        fresh = sorted(prefix.rstrip(".") for prefix in TRAINED)
     else:
         fresh = sorted({name.split(".")[1] if name.startswith("latent.") else name.split(".")[0]
                         for name, value in model.state_dict().items()
@@ -141,7 +142,7 @@ def main() -> int:
             and model.state_dict()[name].shape == value.shape}
     model.load_state_dict(keep, strict=False)
     model.requires_grad_(False)
-    trainable = [p for name, p in model.named_parameters() if name.startswith(("past.", "latent.", "transition."))]
+    trainable = [p for name, p in model.named_parameters() if name.startswith(TRAINED)]
     for p in trainable:
         p.requires_grad_(True)
 
