@@ -2,6 +2,7 @@
 
     worldmodel futures  --checkpoint DIR [--scenes 128 --samples 20 --horizon 10] [--compare DIR ...]
     worldmodel probe    --checkpoint DIR [--clips 1024 --ood-clips 64 --hidden-clips 192 --contact-clips 256]
+                        [--suite auto|simulator|state --state-episodes 96]   (gym runs: their own state)
     worldmodel surprise --checkpoint DIR [--pairs 256 --controls 5 --properties permanence,continuity,...]
     worldmodel report   --checkpoint DIR [all of the sizes above] [--skip probe,...]
 
@@ -86,6 +87,11 @@ def _probe_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mlp-epochs", type=_positive, default=default.mlp_epochs, help="epochs of the MLP probe")
     parser.add_argument("--probe-models", type=_names(("linear", "mlp")), default=",".join(default.probe_models),
                         help="comma-separated readouts")
+    parser.add_argument("--suite", choices=("auto", "simulator", "state"), default="auto",
+                        help="simulator: the bouncing-balls suite; state: a gym run's own recorded state (held-out "
+                             "episodes of its env); auto: state for gym runs, else simulator")
+    parser.add_argument("--state-episodes", type=_positive, default=96,
+                        help="held-out episodes recorded for the state probes")
 
 
 def _surprise_args(parser: argparse.ArgumentParser) -> None:
@@ -241,10 +247,29 @@ def command_futures(args: argparse.Namespace) -> int:
     return 0
 
 
+def _state_probe_config(args: argparse.Namespace):
+    from .state_probes import StateProbeConfig
+
+    return StateProbeConfig(episodes=args.state_episodes, probe_models=tuple(args.probe_models),
+                            mlp_epochs=args.mlp_epochs)
+
+
+def _probes_own_state(args: argparse.Namespace) -> bool:
+    """Whether `probe` reads the run's own recorded state (gym runs, or --suite state) instead of the simulator."""
+    from .loading import resolve_model_dir, run_config
+
+    if args.suite != "auto":
+        return args.suite == "state"
+    data = run_config(resolve_model_dir(args.checkpoint)).get("data")
+    return isinstance(data, dict) and data.get("source") == "gym"
+
+
 def command_probe(args: argparse.Namespace) -> int:
     from . import plots
     from .probes import run_probes
 
+    if _probes_own_state(args):
+        return _command_state_probe(args)
     model, model_dir, balls, window, run_dir, out = _setup(args)
     result = run_probes(model, balls, _probe_config(args), window=window)
     print(f"{'target':<18}{'metric':<20}{'chance':>8}" + "".join(f"{f:>14}" for f in ("model", "random_init", "pixels"))
@@ -258,6 +283,28 @@ def command_probe(args: argparse.Namespace) -> int:
         print(f"{name:<18}{entry['metric']:<20}{entry['chance']:>8.3f}{cells}{ood_cell}")
     figures = [plots.probe_bars(result, out / "probes-linear.png"),
                plots.predicted_probe_curves(result, out / "probes-predicted.png")]
+    if "mlp" in args.probe_models:
+        figures.append(plots.probe_bars(result, out / "probes-mlp.png", "mlp"))
+    _finish("probe", result, out, run_dir, args, model_dir, figures)
+    return 0
+
+
+def _command_state_probe(args: argparse.Namespace) -> int:
+    from . import plots
+    from .loading import run_config
+    from .state_probes import FEATURES, probe_run_state
+
+    model, model_dir, _, _, run_dir, out = _setup(args, simulator_suite=False)
+    result = probe_run_state(model, run_config(model_dir), _state_probe_config(args))
+    print(f"{'state':<24}{'probe':<8}" + "".join(f"{f:>13}" for f in FEATURES))
+    rows = {**{name: entry.get("results", {}) for name, entry in result["targets"].items()},
+            "mean over the state": result["mean_over_state"]}
+    for name, results in rows.items():
+        for probe_model in args.probe_models:
+            cells = "".join(f"{results[f][probe_model]['test']:>13.3f}" if f in results else f"{'-':>13}"
+                            for f in FEATURES)
+            print(f"{name:<24}{probe_model:<8}{cells}")
+    figures = [plots.probe_bars(result, out / "probes-linear.png")]
     if "mlp" in args.probe_models:
         figures.append(plots.probe_bars(result, out / "probes-mlp.png", "mlp"))
     _finish("probe", result, out, run_dir, args, model_dir, figures)
@@ -289,7 +336,8 @@ def command_report(args: argparse.Namespace) -> int:
     model, model_dir, _, window, run_dir, out = _setup(args, simulator_suite=False)
     del model
     config = ReportConfig(futures=_futures_config(args), probes=_probe_config(args),
-                          surprise=_surprise_config(args), skip=tuple(args.skip), compare=tuple(args.compare))
+                          surprise=_surprise_config(args), skip=tuple(args.skip), compare=tuple(args.compare),
+                          probe_suite=args.suite, state_probes=_state_probe_config(args))
     target = Path(args.out) if args.out else out / "report"
     index = build_report(args.checkpoint, target, config, device=args.device, window=window,
                          mlflow=not args.no_mlflow)

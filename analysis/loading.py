@@ -92,7 +92,9 @@ def foreign_data_note(model_dir: Path) -> str | None:
     if source == "bouncing_balls":
         return None
     where = data.get("path") or data.get("env_id") or ""
-    return (f"this model trained on data.source={source}{f' ({where})' if where else ''}; the futures, probe and "
-            "surprise suites run on the bouncing-balls simulator at its image size, so they measure how it transfers "
-            "there, not how it models its own data (for that: `worldmodel sample --checkpoint ...`, which samples "
-            "futures of the run's own validation clips)")
+    suites = ("futures and surprise suites (and the probe suite with --suite simulator; `worldmodel probe` reads "
+              "the env's own recorded state)" if source == "gym" else "futures, probe and surprise suites")
+    return (f"this model trained on data.source={source}{f' ({where})' if where else ''}; the {suites} run on the "
+            "bouncing-balls simulator at its image size, so they measure how it transfers there, not how it models "
+            "its own data (for that: `worldmodel sample --checkpoint ...`, which samples futures of the run's own "
+            "validation clips)")

@@ -37,9 +37,12 @@ def probe_bars(result: dict[str, Any], path: Path, probe_model: str = "linear") 
     """Test score of every target for each feature set (trained model vs controls), one panel per metric."""
     plt = _pyplot()
     targets = dict(result["targets"])
-    panels = [("r2", "R2 (test, in distribution)"), ("balanced_accuracy", "balanced accuracy (test)")]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
-    for ax, (metric, title) in zip(axes, panels):
+    panels = [(metric, title) for metric, title in (("r2", "R2 (test, in distribution)"),
+                                                     ("balanced_accuracy", "balanced accuracy (test)"))
+              if any(t.get("metric") == metric and t.get("results") for t in targets.values())]
+    panels = panels or [("r2", "R2 (test, in distribution)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), squeeze=False)
+    for ax, (metric, title) in zip(axes[0], panels):
         names = [n for n, t in targets.items() if t.get("metric") == metric and t.get("results")]
         features = sorted({f for n in names for f in targets[n]["results"]}, key=list(FEATURE_COLORS).index)
         width = 0.8 / max(1, len(features))

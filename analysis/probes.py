@@ -309,7 +309,7 @@ def hidden_config(balls: BallsConfig) -> BallsConfig:
 Readout = Callable[[np.ndarray, Split], float]
 
 
-def _fit_and_score(features: dict[str, np.ndarray], target: Target, rows: dict[str, np.ndarray],
+def fit_and_score(features: dict[str, np.ndarray], target: Target, rows: dict[str, np.ndarray],
                    config: ProbeConfig, extra_tests: dict[str, tuple[dict[str, np.ndarray], Target]] | None = None,
                    derived: dict[str, Readout] | None = None,
                    ) -> dict[str, dict[str, dict[str, float]]]:
@@ -416,7 +416,7 @@ def run_probes(model: WorldModel, balls: BallsConfig, config: ProbeConfig | None
             "kind": target.kind,
             "metric": "r2" if target.kind == "regression" else "balanced_accuracy",
             "chance": chance_level(target),
-            "results": _fit_and_score(features, target, rows, config, {"ood": (ood_features, ood_targets[name])},
+            "results": fit_and_score(features, target, rows, config, {"ood": (ood_features, ood_targets[name])},
                                       motion_readouts(config.direction_bins) if name == "velocity" else None),
         }
         log(f"probe: {name} done ({time.perf_counter() - started:.0f} s)")
@@ -464,7 +464,7 @@ def _hidden_probe(model: WorldModel, control: WorldModel, balls: BallsConfig, co
         return {"kind": "regression", "metric": "r2", "chance": 0.0, "results": {}, "rows": counts,
                 "note": "too few frames with a fully hidden ball; use more --hidden-clips"}
     return {"kind": "regression", "metric": "r2", "chance": 0.0, "rows": counts,
-            "occluder_width": occluded.occluder_width, "results": _fit_and_score(features, target, rows, config)}
+            "occluder_width": occluded.occluder_width, "results": fit_and_score(features, target, rows, config)}
 
 
 def _predicted_probe(model: WorldModel, clips, split: dict[str, np.ndarray], balls: BallsConfig,

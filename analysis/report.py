@@ -29,9 +29,10 @@ from envs.voe import generate_pairs, voe_config_for
 from worldmodel.model import WorldModel
 
 from . import inference, plots
-from .loading import foreign_data_note, load_model, simulator_config
+from .loading import foreign_data_note, load_model, run_config, simulator_config
 from .multifuture import FuturesConfig, capacity_point, fork_configs, headline_family, run_futures
 from .probes import ProbeConfig, run_probes
+from .state_probes import StateProbeConfig, probe_run_state
 from .surprise import SurpriseConfig, run_surprise
 from .tracking import log_analysis, run_directory, training_history
 
@@ -54,6 +55,11 @@ class ReportConfig:
     """Other checkpoints placed on the capacity trade-off curve next to this one."""
     video_properties: tuple[str, ...] = ("permanence", "continuity", "solidity", "collision")
     """VoE properties with an example-pair video."""
+    probe_suite: str = "auto"
+    """'simulator': the bouncing-balls probe suite; 'state': the run's own recorded state (gym runs,
+    `analysis.state_probes`); 'auto': state for a run trained on gym episodes, else simulator."""
+    state_probes: StateProbeConfig = field(default_factory=StateProbeConfig)
+    """State probes of a gym run."""
 
 
 def check_model(model: WorldModel) -> None:
@@ -113,7 +119,18 @@ def headline(results: dict[str, Any]) -> list[dict[str, Any]]:
                 ">=", f"the posterior's codes of two ways lie {reveal['posterior_separation']:.2f} prior stds apart; "
                 f"a z that renders the way lies {reveal['best_z_distance']:.1f} prior stds from the prior's mean")
     probes = results.get("probe")
-    if probes:
+    if probes and probes.get("suite") == "gym_state":
+        env = probes.get("recording", {}).get("env_id", "the env")
+        for name, entry in [*probes["targets"].items(), ("mean over the state", {"results": probes["mean_over_state"]})]:
+            results_of = entry.get("results") or {}
+            if "model" not in results_of:
+                continue
+            for probe_model in results_of["model"]:
+                note = ", ".join(f"{f} {results_of[f][probe_model]['test']:.3f}" for f in ("random_init", "pixels")
+                                 if probe_model in results_of.get(f, {}))
+                row(f"{env} {name} R2, {probe_model} probe, held-out episodes", results_of["model"][probe_model]["test"],
+                    None, ">=", f"controls: {note}")
+    elif probes:
         for target, goal in (("position", 0.95), ("velocity", 0.9)):
             entry = probes["targets"][target]["results"]
             others = ("random_init", "pixels", "oracle_positions")
@@ -256,23 +273,37 @@ def build_report(checkpoint: str | Path, out: str | Path | None = None, config: 
     out = Path(out) if out else (run_dir or model_dir.parent) / "analysis" / "report"
     out.mkdir(parents=True, exist_ok=True)
     notes = [note] if (note := foreign_data_note(model_dir)) else []
+    run = run_config(model_dir)
+    data = run.get("data") if isinstance(run.get("data"), dict) else {}
+    own_state = config.probe_suite == "state" or (config.probe_suite == "auto" and data.get("source") == "gym")
     acts = bool(getattr(model.config, "action_dim", 0))
+    if own_state and "probe" not in config.skip:
+        notes.append("the probes read the run's own state: held-out episodes of its env, recorded with its spec "
+                     "under another seed (the env's observation vector per frame)")
     if acts:
         # The suites and their videos roll the model out on the action-free simulator; what is left still tells a
         # person how training went and what the model predicts of its own data.
-        config = replace(config, skip=tuple(sorted(set(config.skip) | set(ANALYSES))))
-        notes.append(f"this model is action-conditioned (model.action_dim={model.config.action_dim}): the futures, "
-                     "probe and surprise suites and their videos drive the bouncing-balls simulator, which has no "
-                     "actions, so they are left out; shown are the training curves, the collapse telemetry of "
-                     "simulator frames, and the futures training sampled of the run's own validation clip (which "
-                     "follow its recorded actions)")
+        left_out = {"futures", "surprise"} | (set() if own_state else {"probe"})
+        config = replace(config, skip=tuple(sorted(set(config.skip) | left_out)))
+        suites = "futures and surprise suites" if own_state else "futures, probe and surprise suites"
+        notes.append(f"this model is action-conditioned (model.action_dim={model.config.action_dim}): the {suites} "
+                     "and their videos drive the bouncing-balls simulator, which has no actions, so they are left "
+                     "out; shown are the training curves, the collapse telemetry of simulator frames, and the "
+                     "futures training sampled of the run's own validation clip (which follow its recorded "
+                     "actions)")
     for note in notes:
         log(f"report: note: {note}")
 
     results: dict[str, Any] = {}
     if "futures" not in config.skip:
         results["futures"] = run_futures(model, balls, config.futures, window=window, log=log)
-    if "probe" not in config.skip:
+    if "probe" not in config.skip and own_state:
+        try:
+            results["probe"] = probe_run_state(model, run, config.state_probes, log=log)
+        except ValueError as error:  # no env to record (or no gymnasium): the rest of the report still stands
+            notes.append(f"no state probes: {error}")
+            log(f"report: note: {notes[-1]}")
+    elif "probe" not in config.skip:
         results["probe"] = run_probes(model, balls, config.probes, window=window, log=log)
     if "surprise" not in config.skip:
         results["surprise"] = run_surprise(model, balls, config.surprise, log=log)
@@ -321,10 +352,11 @@ def _figures(results: dict[str, Any], capacity: list[dict[str, Any]], collapse: 
     if "probe" in results:
         probe = results["probe"]
         figures.append(("Probes (linear) vs controls", plots.probe_bars(probe, out / "probes-linear.png")))
-        if "mlp" in config.probes.probe_models:
+        if "mlp" in probe["config"]["probe_models"]:
             figures.append(("Probes (MLP) vs controls", plots.probe_bars(probe, out / "probes-mlp.png", "mlp")))
-        figures.append(("Probes read on predicted representations",
-                        plots.predicted_probe_curves(probe, out / "probes-predicted.png")))
+        if "predicted" in probe:  # the simulator suite's; a gym run's state probes read the encoder only
+            figures.append(("Probes read on predicted representations",
+                            plots.predicted_probe_curves(probe, out / "probes-predicted.png")))
     if "surprise" in results:
         surprise = results["surprise"]
         figures.append(("Violation of expectation: trained vs untrained", plots.voe_bars(surprise, out / "voe.png")))

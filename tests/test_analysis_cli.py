@@ -3,6 +3,7 @@ videos, log a nested analysis run into the run's mlflow.db, and bad input gets a
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -152,7 +153,8 @@ def test_report_of_an_action_conditioned_model_shows_what_applies(tmp_path, caps
     # A gym run with actions: the suites roll out on the action-free simulator, so the report leaves them out and
     # says so, and keeps the collapse telemetry and the futures training sampled of the run's own clip.
     root = tmp_path / "gym"
-    config = apply_overrides(debug(), [f"run.out_dir={root}", "data.source=gym", "model.action_dim=2"])
+    config = apply_overrides(debug(), [f"run.out_dir={root}", "data.source=gym", "data.env_id=CartPole-v1",
+                                       f"data.cache_dir={tmp_path / 'cache'}", "model.action_dim=2"])
     save_yaml(config, root / "config.yaml")
     torch.manual_seed(0)
     WorldModel(config.model).save(root / "model")
@@ -161,14 +163,69 @@ def test_report_of_an_action_conditioned_model_shows_what_applies(tmp_path, caps
     (root / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss/total": 1.0 / s, "error/prediction":
                                                             0.5 / s}) + "\n" for s in (10, 20, 30)))
     out = tmp_path / "report"
-    assert main(["report", "--checkpoint", str(root), "--out", str(out), "--no-mlflow", *COMMON]) == 0
+    assert main(["report", "--checkpoint", str(root), "--out", str(out), "--no-mlflow", "--state-episodes", "12",
+                 "--mlp-epochs", "2", *COMMON]) == 0
     assert not (out / "futures.json").exists() and not (out / "surprise.json").exists()
     assert (out / "collapse.png").stat().st_size > 100 and (out / "videos" / "futures-own-data.mp4").is_file()
     page = (out / "index.html").read_text()
     assert "action-conditioned (model.action_dim=2)" in page and "left out" in page and "training.png" in page
-    # The suites themselves refuse it, pointing at the report.
-    assert main(["probe", "--checkpoint", str(root), "--no-mlflow", *COMMON]) == 2
+    # The probes need no rollout: they read the env's own state (held-out episodes) out of the encoder.
+    assert json.loads((out / "probe.json").read_text())["suite"] == "gym_state"
+    assert "CartPole-v1 cart_position R2, linear probe, held-out episodes" in page and "probes-linear.png" in page
+    # The simulator suites themselves refuse it, pointing at the report.
+    assert main(["probe", "--checkpoint", str(root), "--suite", "simulator", "--no-mlflow", *COMMON]) == 2
     assert "worldmodel report" in capsys.readouterr().err
+
+
+def test_probe_of_a_gym_run_reads_its_own_recorded_state(tmp_path, capsys):
+    # A gym run (action-conditioned, as data.source=gym trains by default): `probe` records held-out episodes of its
+    # env and reads the env's state out of the encoder, beside the random-init and pixel controls.
+    pytest.importorskip("gymnasium")
+    pytest.importorskip("pygame")
+    root = tmp_path / "gym"
+    config = apply_overrides(debug(), [f"run.out_dir={root}", "data.source=gym", "data.env_id=CartPole-v1",
+                                       "data.policy=scripted", f"data.cache_dir={tmp_path / 'cache'}",
+                                       "model.action_dim=2"])
+    save_yaml(config, root / "config.yaml")
+    torch.manual_seed(0)
+    WorldModel(config.model).save(root / "model")
+    out = tmp_path / "probe"
+    code = main(["probe", "--checkpoint", str(root), "--out", str(out), "--state-episodes", "12", "--mlp-epochs", "5",
+                 "--no-mlflow", *COMMON])
+    assert code == 0
+    result = json.loads((out / "probe.json").read_text())
+    assert result["suite"] == "gym_state"
+    assert list(result["targets"]) == ["cart_position", "cart_velocity", "pole_angle", "pole_angular_velocity"]
+    recording = result["recording"]
+    assert recording["env_id"] == "CartPole-v1" and recording["policy"] == "scripted"
+    assert recording["seed"] == config.data.seed + 50_000 and recording["image_size"] == config.model.image_size
+    assert sum(result["rows"].values()) == 12 * 64  # scripted episodes outlast 64 pairs: 64 evenly spaced of each
+    # The cart is plain to see in the frames: the downsampled pixels read its position on held-out episodes.
+    assert result["targets"]["cart_position"]["results"]["pixels"]["linear"]["test"] > 0.8
+    scores = [result["targets"][n]["results"]["model"]["linear"]["test"] for n in result["targets"]]
+    assert result["mean_over_state"]["model"]["linear"]["test"] == pytest.approx(np.mean(scores))
+    assert (out / "probes-linear.png").stat().st_size > 100 and (out / "probes-mlp.png").stat().st_size > 100
+    printed = capsys.readouterr().out
+    assert "cart_position" in printed and "mean over the state" in printed
+
+
+def test_state_probe_rows_stay_inside_episodes_evenly_spaced(tmp_path):
+    from analysis.state_probes import episode_pairs, probe_run_state, state_names
+
+    frames, episodes = episode_pairs(np.array([0, 3, 10, 11]), 4)
+    # Episode 0 has pairs ending at frames 1, 2; episode 1 six (4..9), of which 4 evenly spaced; episode 2 none.
+    assert frames.tolist() == [1, 2, 4, 6, 7, 9] and episodes.tolist() == [0, 0, 1, 1, 1, 1]
+    assert state_names("Pendulum-v1", 3) == ["cos_angle", "sin_angle", "angular_velocity"]
+    assert state_names("MyEnv-v0", 2) == ["state_0", "state_1"]
+    assert state_names("CartPole-v1", 5) == [f"state_{j}" for j in range(5)]  # a layout other than documented
+    # A run that did not train on gym episodes, or names no env, has no state to probe: a clear error.
+    model = WorldModel(debug().model)
+    with pytest.raises(ValueError, match="data.source='recorded'"):
+        probe_run_state(model, {"data": {"source": "recorded", "path": "videos/"}})
+    if importlib.util.find_spec("gymnasium") is not None:
+        with pytest.raises(ValueError, match="NoSuchEnv-v0"):
+            probe_run_state(model, {"data": {"source": "gym", "env_id": "NoSuchEnv-v0",
+                                             "cache_dir": str(tmp_path)}})
 
 
 def test_bad_input_gets_a_one_line_error(run_dir, tmp_path, capsys):
