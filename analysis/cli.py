@@ -106,6 +106,8 @@ def _surprise_args(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated properties")
     parser.add_argument("--frames-after", type=_positive, default=default.frames_after,
                         help="frames after the earliest violation")
+    parser.add_argument("--context", type=_non_negative, default=default.context,
+                        help="past frames each frame's surprise is predicted from (0: the model's context_frames)")
 
 
 def add_analysis_parsers(commands: argparse._SubParsersAction) -> None:
@@ -198,7 +200,7 @@ def _surprise_config(args: argparse.Namespace):
     from .surprise import SurpriseConfig
 
     return SurpriseConfig(pairs=args.pairs, controls=args.controls, properties=tuple(args.properties),
-                          frames_after=args.frames_after)
+                          frames_after=args.frames_after, context=args.context)
 
 
 def _finish(name: str, result: dict[str, Any], out: Path, run_dir: Path | None, args: argparse.Namespace,

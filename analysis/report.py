@@ -239,7 +239,7 @@ def _videos(model: WorldModel, balls: BallsConfig, config: ReportConfig, out: Pa
     for name in config.video_properties:
         if name in config.surprise.properties:
             path = out / "videos" / f"voe-{name}.mp4"
-            videos.append(voe_pair_video(balls, name, context, config.surprise.seed, path))
+            videos.append(voe_pair_video(balls, name, config.surprise.context or context, config.surprise.seed, path))
     log(f"report: {len(videos)} videos written")
     return videos
 

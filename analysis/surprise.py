@@ -56,6 +56,10 @@ class SurpriseConfig:
     """Randomly initialised models evaluated as the untrained control."""
     frames_after: int = 6
     """Frames after the earliest violation frame (clip length = context + 2 + frames_after + 1)."""
+    context: int = 0
+    """Past frames each frame's surprise is predicted from (0: the model's context_frames). The scenes are drawn
+    for it: violations no earlier than frame context + 2, a ball behind the occluder hidden for at most context - 2
+    frames (`envs.voe.voe_config_for`). At most model.predictor.max_len - 1."""
     peak_tolerance: int = 2
     """A peak counts as aligned when it is 0..peak_tolerance frames after the violation frame."""
     examples: int = 2
@@ -148,7 +152,10 @@ def run_surprise(model: WorldModel, balls: BallsConfig, config: SurpriseConfig |
     if unknown:
         raise ValueError(f"unknown VoE properties {unknown}; expected some of {', '.join(PROPERTIES)}")
     started = time.perf_counter()
-    context = model.config.context_frames
+    context = config.context or model.config.context_frames
+    if not 1 <= context < model.config.predictor.max_len:
+        raise ValueError(f"surprise context {context}: the predictor reads 1 to model.predictor.max_len - 1 = "
+                         f"{model.config.predictor.max_len - 1} frames")
     suite = build_suite(balls, context, config)
     log(f"surprise: {len(suite)} properties x {config.pairs} pairs generated ({time.perf_counter() - started:.0f} s)")
     trained, curves = _evaluate_model(model, suite, context, config)

@@ -177,6 +177,20 @@ def test_report_of_an_action_conditioned_model_shows_what_applies(tmp_path, caps
     assert "worldmodel report" in capsys.readouterr().err
 
 
+def test_surprise_context_sets_the_window_and_the_scenes_drawn_for_it(run_dir, tmp_path, capsys):
+    out = tmp_path / "surprise"
+    assert main(["surprise", "--checkpoint", str(run_dir), "--out", str(out), "--pairs", "4", "--controls", "0",
+                 "--properties", "permanence", "--frames-after", "3", "--context", "5", "--no-mlflow", *COMMON]) == 0
+    result = json.loads((out / "surprise.json").read_text())
+    # 5 past frames (the debug model's own context is 3): violations from frame 7, hidden at most 3 frames.
+    assert result["context"] == 5 and result["clip_length"] == 5 + 2 + 3 + 1
+    assert result["scenes"]["min_violation_frame"] == 7 and result["scenes"]["max_hidden_frames"] == 3
+    too_long = debug().model.predictor.max_len
+    assert main(["surprise", "--checkpoint", str(run_dir), "--pairs", "4", "--controls", "0", "--context",
+                 str(too_long), "--no-mlflow", *COMMON]) == 2
+    assert "model.predictor.max_len" in capsys.readouterr().err
+
+
 def test_probe_of_a_gym_run_reads_its_own_recorded_state(tmp_path, capsys):
     # A gym run (action-conditioned, as data.source=gym trains by default): `probe` records held-out episodes of its
     # env and reads the env's state out of the encoder, beside the random-init and pixel controls.
