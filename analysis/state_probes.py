@@ -19,6 +19,7 @@ Only the encoder is probed here: it reads frames alone, so actions play no part.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -91,8 +92,6 @@ def recording_spec(run: dict[str, Any], image_size: int, offset: int):
     if data.get("path"):
         meta_path = Path(data["path"]) / "meta.json"
         if meta_path.is_file():
-            import json
-
             try:
                 recorded = json.loads(meta_path.read_text(encoding="utf-8"))["spec"]
             except (OSError, ValueError, KeyError) as error:
