@@ -298,12 +298,12 @@ def _command_state_probe(args: argparse.Namespace) -> int:
 
     model, model_dir, _, _, run_dir, out = _setup(args, simulator_suite=False)
     result = probe_run_state(model, run_config(model_dir), _state_probe_config(args))
-    print(f"{'state':<24}{'probe':<8}" + "".join(f"{f:>13}" for f in FEATURES))
+    print(f"{'state':<24}{'probe':<8}" + "".join(f"{f:>17}" for f in FEATURES))
     rows = {**{name: entry.get("results", {}) for name, entry in result["targets"].items()},
             "mean over the state": result["mean_over_state"]}
     for name, results in rows.items():
         for probe_model in args.probe_models:
-            cells = "".join(f"{results[f][probe_model]['test']:>13.3f}" if f in results else f"{'-':>13}"
+            cells = "".join(f"{results[f][probe_model]['test']:>17.3f}" if f in results else f"{'-':>17}"
                             for f in FEATURES)
             print(f"{name:<24}{probe_model:<8}{cells}")
     figures = [plots.probe_bars(result, out / "probes-linear.png")]

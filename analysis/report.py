@@ -126,10 +126,11 @@ def headline(results: dict[str, Any]) -> list[dict[str, Any]]:
             if "model" not in results_of:
                 continue
             for probe_model in results_of["model"]:
-                note = ", ".join(f"{f} {results_of[f][probe_model]['test']:.3f}" for f in ("random_init", "pixels")
+                note = ", ".join(f"{f} {results_of[f][probe_model]['test']:.3f}"
+                                 for f in ("random_init", "pixels", "oracle_positions")
                                  if probe_model in results_of.get(f, {}))
                 row(f"{env} {name} R2, {probe_model} probe, held-out episodes", results_of["model"][probe_model]["test"],
-                    None, ">=", f"controls: {note}")
+                    None, ">=", f"controls / ceiling: {note}")
     elif probes:
         for target, goal in (("position", 0.95), ("velocity", 0.9)):
             entry = probes["targets"][target]["results"]

@@ -10,7 +10,8 @@ probes the env's own state instead:
   was trained on (`StateProbeConfig.seed_offset`), recorded once into the run's data.cache_dir;
 - features of frame t, as in the simulator suite (`probes.pair_of`): the representation of frame t and its change
   since t-1 (a velocity needs two frames), for the trained encoder ("model"), the same architecture freshly
-  initialised ("random_init") and downsampled pixels ("pixels");
+  initialised ("random_init") and downsampled pixels ("pixels"), beside a ceiling for the named envs: the true
+  configuration (the state without its velocities) of the same two frames ("oracle_positions");
 - one regression target per state dimension (the observation at t), ridge and MLP probes, splits by episode
   (train / val / test: no frame of a test episode is ever fitted), test R2 per dimension and their mean.
 
@@ -44,7 +45,10 @@ STATE_NAMES: dict[str, tuple[str, ...]] = {
 """Names of the observation entries of the classic-control envs (gymnasium's documented layouts); other envs get
 state_0, state_1, ..."""
 
-FEATURES = ("model", "random_init", "pixels")
+FEATURES = ("model", "random_init", "pixels", "oracle_positions")
+"""Feature sets: the trained encoder, its random-init control, downsampled pixels, and a ceiling for named envs:
+the state's own configuration entries (all but the velocities) of frames t-1 and t, which is all that two frames
+can show (a push between them makes the velocity at t differ from the displacement that led to it)."""
 
 
 @dataclass
@@ -149,6 +153,10 @@ def run_state_probes(model: WorldModel, frames: np.ndarray, observations: np.nda
         features = {"model": pairs(inference.encode(model, per_pair)),
                     "random_init": pairs(inference.encode(control, per_pair)),
                     "pixels": pairs(pixel_features(per_pair, config.pixel_size))}
+    configuration = [j for j, name in enumerate(names) if "velocity" not in name and not name.startswith("state_")]
+    if configuration:
+        where = torch.as_tensor(observations[:, configuration])  # (F, c)
+        features["oracle_positions"] = pair_of(where[current - 1], where[current]).double().numpy()
     log(f"probe: encoded {len(current)} frame pairs of {num_episodes} held-out episodes "
         f"({time.perf_counter() - started:.0f} s)")
     fit = ProbeConfig(probe_models=config.probe_models, mlp_epochs=config.mlp_epochs)
@@ -167,7 +175,7 @@ def run_state_probes(model: WorldModel, frames: np.ndarray, observations: np.nda
     scored = [t["results"] for t in targets.values() if t["results"]]
     mean = {feature: {probe_model: {"test": float(np.mean([r[feature][probe_model]["test"] for r in scored]))}
                       for probe_model in config.probe_models}
-            for feature in FEATURES} if scored else {}
+            for feature in features} if scored else {}
     return {
         "suite": "gym_state",
         "targets": targets,
