@@ -296,8 +296,8 @@ def _command_state_probe(args: argparse.Namespace) -> int:
     from .loading import run_config
     from .state_probes import FEATURES, probe_run_state
 
-    model, model_dir, _, _, run_dir, out = _setup(args, simulator_suite=False)
-    result = probe_run_state(model, run_config(model_dir), _state_probe_config(args))
+    model, model_dir, _, window, run_dir, out = _setup(args, simulator_suite=False)
+    result = probe_run_state(model, run_config(model_dir), _state_probe_config(args), window=window)
     print(f"{'state':<24}{'probe':<8}" + "".join(f"{f:>17}" for f in FEATURES))
     rows = {**{name: entry.get("results", {}) for name, entry in result["targets"].items()},
             "mean over the state": result["mean_over_state"]}
@@ -306,9 +306,16 @@ def _command_state_probe(args: argparse.Namespace) -> int:
             cells = "".join(f"{results[f][probe_model]['test']:>17.3f}" if f in results else f"{'-':>17}"
                             for f in FEATURES)
             print(f"{name:<24}{probe_model:<8}{cells}")
+    predicted = result["predicted"]
+    for name, entry in predicted.get("by_state", {}).items():
+        print(f"{name:<24}linear probe read on the rollout, h=1..{predicted['horizons'][-1]}: "
+              + " ".join(f"{r:.2f}" for r in entry["r2_by_horizon"])
+              + "  (last seen: " + " ".join(f"{r:.2f}" for r in entry["copy_last_r2_by_horizon"]) + ")")
     figures = [plots.probe_bars(result, out / "probes-linear.png")]
     if "mlp" in args.probe_models:
         figures.append(plots.probe_bars(result, out / "probes-mlp.png", "mlp"))
+    if predicted.get("by_state"):
+        figures.append(plots.predicted_probe_curves(result, out / "probes-predicted.png"))
     _finish("probe", result, out, run_dir, args, model_dir, figures)
     return 0
 

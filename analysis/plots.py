@@ -63,10 +63,11 @@ def predicted_probe_curves(result: dict[str, Any], path: Path) -> Path:
     plt = _pyplot()
     predicted = result["predicted"]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, color in (("position", "#1f77b4"), ("velocity", "#2ca02c")):
-        entry = predicted.get(name)
-        if not entry:
-            continue
+    # The simulator suite reads position and velocity; a gym run's state probes every state entry (`by_state`).
+    entries = predicted.get("by_state") or {name: predicted[name] for name in ("position", "velocity")
+                                            if predicted.get(name)}
+    palette = ("#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+    for (name, entry), color in zip(entries.items(), palette * (len(entries) // len(palette) + 1)):
         ax.plot(predicted["horizons"], entry["r2_by_horizon"], "-o", color=color, label=f"{name}: predicted reps")
         if entry["copy_last_r2_by_horizon"]:
             ax.plot(predicted["horizons"], entry["copy_last_r2_by_horizon"], "--", color=color,

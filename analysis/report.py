@@ -300,7 +300,7 @@ def build_report(checkpoint: str | Path, out: str | Path | None = None, config: 
         results["futures"] = run_futures(model, balls, config.futures, window=window, log=log)
     if "probe" not in config.skip and own_state:
         try:
-            results["probe"] = probe_run_state(model, run, config.state_probes, log=log)
+            results["probe"] = probe_run_state(model, run, config.state_probes, window=window, log=log)
         except ValueError as error:  # no env to record (or no gymnasium): the rest of the report still stands
             notes.append(f"no state probes: {error}")
             log(f"report: note: {notes[-1]}")
@@ -355,7 +355,7 @@ def _figures(results: dict[str, Any], capacity: list[dict[str, Any]], collapse: 
         figures.append(("Probes (linear) vs controls", plots.probe_bars(probe, out / "probes-linear.png")))
         if "mlp" in probe["config"]["probe_models"]:
             figures.append(("Probes (MLP) vs controls", plots.probe_bars(probe, out / "probes-mlp.png", "mlp")))
-        if "predicted" in probe:  # the simulator suite's; a gym run's state probes read the encoder only
+        if probe.get("predicted", {}).get("horizons"):
             figures.append(("Probes read on predicted representations",
                             plots.predicted_probe_curves(probe, out / "probes-predicted.png")))
     if "surprise" in results:

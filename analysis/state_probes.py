@@ -15,7 +15,10 @@ probes the env's own state instead:
 - one regression target per state dimension (the observation at t), ridge and MLP probes, splits by episode
   (train / val / test: no frame of a test episode is ever fitted), test R2 per dimension and their mean.
 
-Only the encoder is probed here: it reads frames alone, so actions play no part.
+Also, as in the simulator suite, linear probes fitted on target-encoder features of real frames read on the model's
+own deterministic rollout per horizon (`predicted`), from context_frames real frames of a test episode and, for an
+action-conditioned model, the actions the episode recorded; beside them the same probe on the last observed pair
+of frames ("the state stays as last seen").
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ import torch
 from worldmodel.model import WorldModel
 
 from . import inference
+from .metrics import r2_score
+from .probe_models import Split, fit_probe
 from .probes import ProbeConfig, Target, fit_and_score, pair_of, pixel_features, random_model, split_indices
 
 STATE_NAMES: dict[str, tuple[str, ...]] = {
@@ -69,6 +74,11 @@ class StateProbeConfig:
     """Readouts fitted for every state dimension: 'linear' (ridge) and 'mlp'."""
     mlp_epochs: int = 150
     """Epochs of the MLP probe."""
+    predicted_horizon: int = 8
+    """Rollout length for the probes read on predicted representations."""
+    rollouts_per_episode: int = 8
+    """Rollouts started per test episode, evenly spaced over it (each from context_frames real frames, with the
+    episode's recorded actions for an action-conditioned model)."""
     seed: int = 20_000
     """Seed of the episode split and of the random-init control."""
 
@@ -124,10 +134,13 @@ def episode_pairs(episode_starts: np.ndarray, per_episode: int) -> tuple[np.ndar
 
 
 def run_state_probes(model: WorldModel, frames: np.ndarray, observations: np.ndarray, episode_starts: np.ndarray,
-                     names: list[str], config: StateProbeConfig | None = None, *, log=print) -> dict[str, Any]:
+                     names: list[str], config: StateProbeConfig | None = None, *, actions: np.ndarray | None = None,
+                     window: int | None = None, log=print) -> dict[str, Any]:
     """Probes of recorded state. frames (F, S, S, 3) uint8 of episodes laid end to end, observations (F, O), episode
-    e = frames episode_starts[e]:episode_starts[e+1]. Returns a JSON-able dict laid out as the simulator suite's
-    `targets` (one regression target per state dimension) plus the mean over dimensions."""
+    e = frames episode_starts[e]:episode_starts[e+1]; actions (F, A): the action after each frame (needed for the
+    rollouts of an action-conditioned model); window: inputs the predictor reads per rollout step. Returns a
+    JSON-able dict laid out as the simulator suite's `targets` (one regression target per state dimension) plus the
+    mean over dimensions and the probes read on predicted representations."""
     config = config or StateProbeConfig()
     started = time.perf_counter()
     model.eval()
@@ -172,6 +185,9 @@ def run_state_probes(model: WorldModel, frames: np.ndarray, observations: np.nda
         targets[name] = {"kind": "regression", "metric": "r2", "chance": 0.0,
                          "results": fit_and_score(features, target, rows, fit)}
         log(f"probe: {name} done ({time.perf_counter() - started:.0f} s)")
+    predicted = _predicted_state_probe(model, np.asarray(frames), observations, np.asarray(episode_starts), names,
+                                       split, rows, needed, config, actions=actions, window=window)
+    log(f"probe: predicted representations done ({time.perf_counter() - started:.0f} s)")
     scored = [t["results"] for t in targets.values() if t["results"]]
     mean = {feature: {probe_model: {"test": float(np.mean([r[feature][probe_model]["test"] for r in scored]))}
                       for probe_model in config.probe_models}
@@ -180,14 +196,71 @@ def run_state_probes(model: WorldModel, frames: np.ndarray, observations: np.nda
         "suite": "gym_state",
         "targets": targets,
         "mean_over_state": mean,
+        "predicted": predicted,
         "rows": counts,
         "config": asdict(config),
         "seconds": time.perf_counter() - started,
     }
 
 
+def _predicted_state_probe(model: WorldModel, frames: np.ndarray, observations: np.ndarray,
+                           episode_starts: np.ndarray, names: list[str], split: dict[str, np.ndarray],
+                           rows: dict[str, np.ndarray], needed: np.ndarray, config: StateProbeConfig, *,
+                           actions: np.ndarray | None, window: int | None) -> dict[str, Any]:
+    """Per state entry, a ridge probe fitted on target-encoder pair features of real frames (train / val episodes),
+    read on the deterministic rollout of test episodes per horizon, and on their last observed pair of frames."""
+    context = model.config.context_frames
+    horizon = min(config.predicted_horizon, model.config.predictor.max_len - context)
+    length = context + horizon
+    starts = []  # first frame of every rollout window (C observed + horizon future frames, inside one episode)
+    for e in split["test"]:
+        lo, hi = int(episode_starts[e]), int(episode_starts[e + 1])
+        if hi - lo >= length:
+            picks = np.linspace(lo, hi - length, min(config.rollouts_per_episode, hi - lo - length + 1))
+            starts.extend(np.unique(picks.round().astype(np.int64)).tolist())
+    if not starts or context < 2:
+        return {"note": f"no test episode holds {length} frames (context {context} + horizon {horizon})" if not starts
+                else "the last-seen baseline needs a context of at least 2 frames", "horizons": []}
+    frame_index = np.asarray(starts)[:, None] + np.arange(length)[None]  # (n, C + H)
+    acts = None
+    if getattr(model.config, "action_dim", 0):
+        if actions is None:
+            raise ValueError("this model is action-conditioned: the predicted-state probes need the recorded actions")
+        acts = model.prepare_actions(torch.as_tensor(np.asarray(actions)[frame_index[:, :-1]]), len(starts),
+                                     length - 1)
+    with torch.no_grad():
+        fit_reps = inference.encode(model, np.asarray(frames)[needed], target=True)  # (rows, 2, D)
+        fit_features = pair_of(fit_reps[:, 0], fit_reps[:, 1]).cpu().double().numpy()
+        clips = np.asarray(frames)[frame_index]  # (n, C + H, S, S, 3)
+        online, target = inference.encode(model, clips[:, :context]), inference.encode(model, clips, target=True)
+        rolled, _ = model.rollout(online, target[:, context - 1], horizon, actions=acts, window=window,
+                                  deterministic=True)
+    # Pairs of predicted frames (previous, current), the first 'previous' being the last real frame.
+    sequence = torch.cat([target[:, context - 1 : context], rolled], dim=1)  # (n, horizon + 1, D)
+    last_seen = pair_of(target[:, context - 2], target[:, context - 1]).cpu().double().numpy()
+    current = needed[:, 1]
+    out: dict[str, Any] = {"horizons": list(range(1, horizon + 1)), "context": context, "rollouts": len(starts),
+                           "by_state": {}}
+    for j, name in enumerate(names):
+        values = observations[current, j : j + 1]
+        if values[rows["train"]].std() <= 1e-12:
+            continue
+        ones = np.ones_like(values, dtype=bool)
+        probe = fit_probe("linear", "regression", Split(fit_features[rows["train"]], values[rows["train"]],
+                                                        ones[rows["train"]]),
+                          Split(fit_features[rows["val"]], values[rows["val"]], ones[rows["val"]]))
+        per_horizon, copy_last = [], []
+        for h in range(1, horizon + 1):
+            truth = observations[frame_index[:, context - 1 + h], j : j + 1]
+            x = pair_of(sequence[:, h - 1], sequence[:, h]).cpu().double().numpy()
+            per_horizon.append(r2_score(probe.predict(x), truth))
+            copy_last.append(r2_score(probe.predict(last_seen), truth))
+        out["by_state"][name] = {"r2_by_horizon": per_horizon, "copy_last_r2_by_horizon": copy_last}
+    return out
+
+
 def probe_run_state(model: WorldModel, run: dict[str, Any], config: StateProbeConfig | None = None, *,
-                    log=print) -> dict[str, Any]:
+                    window: int | None = None, log=print) -> dict[str, Any]:
     """Record (or reuse) the held-out episodes of a gym run and probe them (see the module docstring)."""
     try:
         from envs.gym_video import _gym, load_or_record
@@ -206,8 +279,9 @@ def probe_run_state(model: WorldModel, run: dict[str, Any], config: StateProbeCo
     if recording.observations.shape[1] == 0:
         raise ValueError(f"{recording.directory}: {spec.env_id}'s observations are not kept as state (pixel "
                          "observations); there is nothing to probe")
-    result = run_state_probes(model, np.asarray(recording.frames), np.asarray(recording.observations),
-                              np.asarray(recording.episode_starts), names, config, log=log)
+    result = run_state_probes(model, recording.frames, np.asarray(recording.observations),
+                              np.asarray(recording.episode_starts), names, config, actions=recording.actions,
+                              window=window, log=log)
     result["recording"] = {"directory": str(recording.directory), **asdict(spec),
                            "frames": int(recording.frames.shape[0])}
     return result

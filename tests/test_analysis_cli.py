@@ -221,6 +221,16 @@ def test_probe_of_a_gym_run_reads_its_own_recorded_state(tmp_path, capsys):
     scores = [result["targets"][n]["results"]["model"]["linear"]["test"] for n in result["targets"]]
     assert result["mean_over_state"]["model"]["linear"]["test"] == pytest.approx(np.mean(scores))
     assert (out / "probes-linear.png").stat().st_size > 100 and (out / "probes-mlp.png").stat().st_size > 100
+    # Read on the model's own rollout (driven by the recorded actions) per horizon, beside "as last seen": the cart
+    # moves little in a frame, so its last seen position still reads well one frame on.
+    predicted = result["predicted"]
+    horizon = min(8, config.model.predictor.max_len - config.model.context_frames)
+    assert predicted["horizons"] == list(range(1, horizon + 1)) and predicted["rollouts"] == 3 * 8  # 3 test episodes
+    assert set(predicted["by_state"]) == set(result["targets"])
+    cart_rollout = predicted["by_state"]["cart_position"]
+    assert len(cart_rollout["r2_by_horizon"]) == horizon and np.isfinite(cart_rollout["r2_by_horizon"]).all()
+    assert cart_rollout["copy_last_r2_by_horizon"][0] > 0.8
+    assert (out / "probes-predicted.png").stat().st_size > 100
     printed = capsys.readouterr().out
     assert "cart_position" in printed and "mean over the state" in printed
 
