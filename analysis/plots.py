@@ -62,10 +62,10 @@ def probe_bars(result: dict[str, Any], path: Path, probe_model: str = "linear") 
 def predicted_probe_curves(result: dict[str, Any], path: Path) -> Path:
     plt = _pyplot()
     predicted = result["predicted"]
-    fig, ax = plt.subplots(figsize=(6, 4))
     # The simulator suite reads position and velocity; a gym run's state probes every state entry (`by_state`).
     entries = predicted.get("by_state") or {name: predicted[name] for name in ("position", "velocity")
                                             if predicted.get(name)}
+    fig, ax = plt.subplots(figsize=(6 if len(entries) <= 2 else 9, 4))
     palette = ("#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
     for (name, entry), color in zip(entries.items(), palette * (len(entries) // len(palette) + 1)):
         ax.plot(predicted["horizons"], entry["r2_by_horizon"], "-o", color=color, label=f"{name}: predicted reps")
@@ -76,7 +76,10 @@ def predicted_probe_curves(result: dict[str, Any], path: Path) -> Path:
     ax.set_ylabel("R2 of the linear probe")
     ax.set_ylim(-0.5, 1.02)
     ax.set_title("probes read on the model's own rollout")
-    ax.legend(fontsize=8)
+    if len(entries) <= 2:
+        ax.legend(fontsize=8)
+    else:  # beside the axes: many curves would hide under it
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, path)
 
 
