@@ -74,6 +74,7 @@ def _futures_args(parser: argparse.ArgumentParser) -> None:
 
 def _probe_args(parser: argparse.ArgumentParser) -> None:
     from .probes import ProbeConfig
+    from .state_probes import StateProbeConfig
 
     default = ProbeConfig()
     parser.add_argument("--clips", type=_positive, default=default.clips,
@@ -90,7 +91,7 @@ def _probe_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--suite", choices=("auto", "simulator", "state"), default="auto",
                         help="simulator: the bouncing-balls suite; state: a gym run's own recorded state (held-out "
                              "episodes of its env); auto: state for gym runs, else simulator")
-    parser.add_argument("--state-episodes", type=_positive, default=96,
+    parser.add_argument("--state-episodes", type=_positive, default=StateProbeConfig().episodes,
                         help="held-out episodes recorded for the state probes")
 
 

@@ -274,6 +274,8 @@ def build_report(checkpoint: str | Path, out: str | Path | None = None, config: 
     out = Path(out) if out else (run_dir or model_dir.parent) / "analysis" / "report"
     out.mkdir(parents=True, exist_ok=True)
     notes = [note] if (note := foreign_data_note(model_dir)) else []
+    if config.probe_suite not in ("auto", "simulator", "state"):
+        raise ValueError(f"probe_suite must be 'auto', 'simulator' or 'state', got {config.probe_suite!r}")
     run = run_config(model_dir)
     data = run.get("data") if isinstance(run.get("data"), dict) else {}
     own_state = config.probe_suite == "state" or (config.probe_suite == "auto" and data.get("source") == "gym")
