@@ -74,7 +74,7 @@ def _futures_args(parser: argparse.ArgumentParser) -> None:
 
 def _probe_args(parser: argparse.ArgumentParser) -> None:
     from .probes import ProbeConfig
-    from .state_probes import StateProbeConfig
+    from .state_probes import SUITES, StateProbeConfig
 
     default = ProbeConfig()
     parser.add_argument("--clips", type=_positive, default=default.clips,
@@ -88,7 +88,7 @@ def _probe_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mlp-epochs", type=_positive, default=default.mlp_epochs, help="epochs of the MLP probe")
     parser.add_argument("--probe-models", type=_names(("linear", "mlp")), default=",".join(default.probe_models),
                         help="comma-separated readouts")
-    parser.add_argument("--suite", choices=("auto", "simulator", "state"), default="auto",
+    parser.add_argument("--suite", choices=SUITES, default="auto",
                         help="simulator: the bouncing-balls suite; state: a gym run's own recorded state (held-out "
                              "episodes of its env); auto: state for gym runs, else simulator")
     parser.add_argument("--state-episodes", type=_positive, default=StateProbeConfig().episodes,
@@ -257,21 +257,14 @@ def _state_probe_config(args: argparse.Namespace):
                             mlp_epochs=args.mlp_epochs)
 
 
-def _probes_own_state(args: argparse.Namespace) -> bool:
-    """Whether `probe` reads the run's own recorded state (gym runs, or --suite state) instead of the simulator."""
-    from .loading import resolve_model_dir, run_config
-
-    if args.suite != "auto":
-        return args.suite == "state"
-    data = run_config(resolve_model_dir(args.checkpoint)).get("data")
-    return isinstance(data, dict) and data.get("source") == "gym"
-
-
 def command_probe(args: argparse.Namespace) -> int:
     from . import plots
     from .probes import run_probes
 
-    if _probes_own_state(args):
+    from .loading import resolve_model_dir, run_config
+    from .state_probes import reads_own_state
+
+    if reads_own_state(run_config(resolve_model_dir(args.checkpoint)), args.suite):
         return _command_state_probe(args)
     model, model_dir, balls, window, run_dir, out = _setup(args)
     result = run_probes(model, balls, _probe_config(args), window=window)

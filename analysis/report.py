@@ -32,7 +32,7 @@ from . import inference, plots
 from .loading import foreign_data_note, load_model, run_config, simulator_config
 from .multifuture import FuturesConfig, capacity_point, fork_configs, headline_family, run_futures
 from .probes import ProbeConfig, run_probes
-from .state_probes import StateProbeConfig, probe_run_state
+from .state_probes import StateProbeConfig, probe_run_state, reads_own_state
 from .surprise import SurpriseConfig, run_surprise
 from .tracking import log_analysis, run_directory, training_history
 
@@ -274,11 +274,8 @@ def build_report(checkpoint: str | Path, out: str | Path | None = None, config: 
     out = Path(out) if out else (run_dir or model_dir.parent) / "analysis" / "report"
     out.mkdir(parents=True, exist_ok=True)
     notes = [note] if (note := foreign_data_note(model_dir)) else []
-    if config.probe_suite not in ("auto", "simulator", "state"):
-        raise ValueError(f"probe_suite must be 'auto', 'simulator' or 'state', got {config.probe_suite!r}")
     run = run_config(model_dir)
-    data = run.get("data") if isinstance(run.get("data"), dict) else {}
-    own_state = config.probe_suite == "state" or (config.probe_suite == "auto" and data.get("source") == "gym")
+    own_state = reads_own_state(run, config.probe_suite)
     acts = bool(getattr(model.config, "action_dim", 0))
     if own_state and "probe" not in config.skip:
         notes.append("the probes read the run's own state: held-out episodes of its env, recorded with its spec "

@@ -83,6 +83,22 @@ class StateProbeConfig:
     """Seed of the episode split and of the random-init control."""
 
 
+SUITES = ("auto", "simulator", "state")
+"""Which probes `worldmodel probe` and the report run (see `reads_own_state`)."""
+
+SPEC_FIELDS = ("env_id", "policy", "frame_skip", "max_episode_steps", "seed")
+"""The recording settings a held-out probe set takes over from the run (image size comes from the model)."""
+
+
+def reads_own_state(run: dict[str, Any], suite: str) -> bool:
+    """Whether the probes read the run's own recorded state: `suite` 'state', or 'auto' for a run trained on gym
+    episodes (`run` is its config.yaml as a dict); else the bouncing-balls suite runs ('simulator')."""
+    if suite not in SUITES:
+        raise ValueError(f"probe suite must be one of {', '.join(SUITES)}, got {suite!r}")
+    data = run.get("data")
+    return suite == "state" or (suite == "auto" and isinstance(data, dict) and data.get("source") == "gym")
+
+
 def state_names(env_id: str, width: int) -> list[str]:
     """Names of the `width` observation entries of `env_id` ("CartPole-v1" -> cart_position, ...)."""
     base = env_id.split("/")[-1].split("-v")[0]
@@ -101,8 +117,7 @@ def recording_spec(run: dict[str, Any], image_size: int, offset: int):
     if data.get("source") != "gym":
         raise ValueError(f"data.source={data.get('source', 'bouncing_balls')!r}: the state probes need a run "
                          "trained on gym episodes, whose recordings carry the env's state")
-    fields = {name: data[name] for name in ("env_id", "policy", "frame_skip", "max_episode_steps", "seed")
-              if data.get(name) not in (None, "")}
+    fields = {name: data[name] for name in SPEC_FIELDS if data.get(name) not in (None, "")}
     if data.get("path"):
         meta_path = Path(data["path"]) / "meta.json"
         if meta_path.is_file():
@@ -110,8 +125,7 @@ def recording_spec(run: dict[str, Any], image_size: int, offset: int):
                 recorded = json.loads(meta_path.read_text(encoding="utf-8"))["spec"]
             except (OSError, ValueError, KeyError) as error:
                 raise ValueError(f"{meta_path}: unreadable recording spec ({error})") from error
-            fields.update({k: recorded[k] for k in ("env_id", "policy", "frame_skip", "max_episode_steps", "seed")
-                           if k in recorded})
+            fields.update({k: recorded[k] for k in SPEC_FIELDS if k in recorded})
     if not fields.get("env_id"):
         raise ValueError("the run's config.yaml names no gym env (data.env_id is empty and data.path has no readable "
                          "meta.json); the state probes record held-out episodes of that env")
@@ -167,6 +181,7 @@ def run_state_probes(model: WorldModel, frames: np.ndarray, observations: np.nda
                     "random_init": pairs(inference.encode(control, per_pair)),
                     "pixels": pairs(pixel_features(per_pair, config.pixel_size))}
     configuration = [j for j, name in enumerate(names) if "velocity" not in name and not name.startswith("state_")]
+    probed = [j for j in range(len(names)) if _varies(observations[current[rows["train"]], j])]
     if configuration:
         where = torch.as_tensor(observations[:, configuration])  # (F, c)
         features["oracle_positions"] = pair_of(where[current - 1], where[current]).double().numpy()
@@ -175,18 +190,18 @@ def run_state_probes(model: WorldModel, frames: np.ndarray, observations: np.nda
     fit = ProbeConfig(probe_models=config.probe_models, mlp_epochs=config.mlp_epochs)
     targets: dict[str, Any] = {}
     for j, name in enumerate(names):
-        values = observations[current, j : j + 1]  # (n, 1)
-        train_values = values[rows["train"], 0]
-        if train_values.std() <= 1e-9 * max(1.0, float(np.abs(train_values).max(initial=0.0))):
+        if j not in probed:
             targets[name] = {"kind": "regression", "metric": "r2", "chance": 0.0, "results": {},
                              "note": "constant over the training episodes: nothing to probe"}
             continue
+        values = observations[current, j : j + 1]  # (n, 1)
         target = Target("regression", values, np.ones_like(values, dtype=bool))
         targets[name] = {"kind": "regression", "metric": "r2", "chance": 0.0,
                          "results": fit_and_score(features, target, rows, fit)}
         log(f"probe: {name} done ({time.perf_counter() - started:.0f} s)")
-    predicted = _predicted_state_probe(model, np.asarray(frames), observations, np.asarray(episode_starts), names,
-                                       split, rows, needed, config, actions=actions, window=window)
+    predicted = _predicted_state_probe(model, np.asarray(frames), observations, np.asarray(episode_starts),
+                                       {names[j]: j for j in probed}, split, rows, per_pair, current, config,
+                                       actions=actions, window=window)
     log(f"probe: predicted representations done ({time.perf_counter() - started:.0f} s)")
     scored = [t["results"] for t in targets.values() if t["results"]]
     mean = {feature: {probe_model: {"test": float(np.mean([r[feature][probe_model]["test"] for r in scored]))}
@@ -203,12 +218,19 @@ def run_state_probes(model: WorldModel, frames: np.ndarray, observations: np.nda
     }
 
 
+def _varies(values: np.ndarray) -> bool:
+    """A state entry worth probing: not constant (to rounding) over the training rows."""
+    return bool(values.std() > 1e-9 * max(1.0, float(np.abs(values).max(initial=0.0))))
+
+
 def _predicted_state_probe(model: WorldModel, frames: np.ndarray, observations: np.ndarray,
-                           episode_starts: np.ndarray, names: list[str], split: dict[str, np.ndarray],
-                           rows: dict[str, np.ndarray], needed: np.ndarray, config: StateProbeConfig, *,
-                           actions: np.ndarray | None, window: int | None) -> dict[str, Any]:
-    """Per state entry, a ridge probe fitted on target-encoder pair features of real frames (train / val episodes),
-    read on the deterministic rollout of test episodes per horizon, and on their last observed pair of frames."""
+                           episode_starts: np.ndarray, entries: dict[str, int], split: dict[str, np.ndarray],
+                           rows: dict[str, np.ndarray], per_pair: np.ndarray, current: np.ndarray,
+                           config: StateProbeConfig, *, actions: np.ndarray | None, window: int | None
+                           ) -> dict[str, Any]:
+    """Per state entry (name -> column), a ridge probe fitted on target-encoder pair features of the probe rows'
+    real frames (per_pair (n, 2, S, S, 3), frame t of each at `current`; train / val episodes), read on the
+    deterministic rollout of test episodes per horizon, and on their last observed pair of frames."""
     context = model.config.context_frames
     horizon = min(config.predicted_horizon, model.config.predictor.max_len - context)
     length = context + horizon
@@ -229,7 +251,7 @@ def _predicted_state_probe(model: WorldModel, frames: np.ndarray, observations: 
         acts = model.prepare_actions(torch.as_tensor(np.asarray(actions)[frame_index[:, :-1]]), len(starts),
                                      length - 1)
     with torch.no_grad():
-        fit_reps = inference.encode(model, np.asarray(frames)[needed], target=True)  # (rows, 2, D)
+        fit_reps = inference.encode(model, per_pair, target=True)  # (rows, 2, D)
         fit_features = pair_of(fit_reps[:, 0], fit_reps[:, 1]).cpu().double().numpy()
         clips = np.asarray(frames)[frame_index]  # (n, C + H, S, S, 3)
         online, target = inference.encode(model, clips[:, :context]), inference.encode(model, clips, target=True)
@@ -238,13 +260,10 @@ def _predicted_state_probe(model: WorldModel, frames: np.ndarray, observations: 
     # Pairs of predicted frames (previous, current), the first 'previous' being the last real frame.
     sequence = torch.cat([target[:, context - 1 : context], rolled], dim=1)  # (n, horizon + 1, D)
     last_seen = pair_of(target[:, context - 2], target[:, context - 1]).cpu().double().numpy()
-    current = needed[:, 1]
     out: dict[str, Any] = {"horizons": list(range(1, horizon + 1)), "context": context, "rollouts": len(starts),
                            "by_state": {}}
-    for j, name in enumerate(names):
+    for name, j in entries.items():
         values = observations[current, j : j + 1]
-        if values[rows["train"]].std() <= 1e-12:
-            continue
         ones = np.ones_like(values, dtype=bool)
         probe = fit_probe("linear", "regression", Split(fit_features[rows["train"]], values[rows["train"]],
                                                         ones[rows["train"]]),
