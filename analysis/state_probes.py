@@ -282,9 +282,9 @@ def probe_run_state(model: WorldModel, run: dict[str, Any], config: StateProbeCo
                     window: int | None = None, log=print) -> dict[str, Any]:
     """Record (or reuse) the held-out episodes of a gym run and probe them (see the module docstring)."""
     try:
-        from envs.gym_video import _gym, load_or_record
+        from envs.gym_video import load_or_record, require_gymnasium
 
-        _gym()
+        require_gymnasium()
     except ImportError as error:  # one line, as for any other unusable input
         raise ValueError(f"the state probes record held-out episodes of the run's env: {error}") from error
     config = config or StateProbeConfig()

@@ -52,7 +52,8 @@ _MAX_STATE_DIM = 4096
 """Observations wider than this (pixel observations) are not kept as state."""
 
 
-def _gym() -> Any:
+def require_gymnasium() -> Any:
+    """The gymnasium module, set up to render headless; ImportError with the pip line when it is missing."""
     # Classic-control envs render with pygame; without a display it must use SDL's dummy video driver.
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
@@ -109,7 +110,7 @@ class ActionCodec:
     """Encodes an env's actions as float vectors and draws uniform random actions from a numpy generator."""
 
     def __init__(self, space: Any) -> None:
-        spaces = _gym().spaces
+        spaces = require_gymnasium().spaces
         self.space = space
         if isinstance(space, spaces.Discrete):
             self.kind, self.dim = "discrete", int(space.n)
@@ -235,7 +236,7 @@ def episode_rng(seed: int, episode: int) -> tuple[int, np.random.Generator]:
 
 def _frame_observation(env: Any, *, image_size: int, frame_skip: int) -> Any:
     """Wraps one env so that reset/step return {"state": flat float32 obs, "pixels": resized frame}."""
-    gym = _gym()
+    gym = require_gymnasium()
 
     class FrameObservation(gym.Wrapper):
         def __init__(self, inner: Any) -> None:
@@ -283,7 +284,7 @@ def _frame_observation(env: Any, *, image_size: int, frame_skip: int) -> Any:
 
 def make_vector_env(spec: GymRecordingSpec, num_envs: int, mode: Literal["sync", "async"]) -> Any:
     """The vector env a recording runs in; errors name the env id and what is missing."""
-    gym = _gym()
+    gym = require_gymnasium()
     kwargs: dict[str, Any] = {"render_mode": "rgb_array"}
     if spec.max_episode_steps:
         kwargs["max_episode_steps"] = spec.max_episode_steps

@@ -32,13 +32,14 @@ from training.checkpoint import (
     save_checkpoint,
 )
 from training.config import debug
-from training.config_io import apply_overrides
+from training.config_io import apply_overrides, to_dict
 from training.data import ResumableBatchSampler, build_datasets
 from training.trainer import (
     FAULT_KILL_AFTER_STEP,
     FAULT_NAN_AT_STEP,
     CollapseMonitor,
     CollapseWarning,
+    _warn_config_changes,
     read_metrics_log,
     train,
 )
@@ -335,3 +336,17 @@ def test_checkpoint_holds_scaler_rng_and_data_position(tmp_path):
     manifest = json.loads((latest_checkpoint(tmp_path / "run") / "manifest.json").read_text())
     assert set(manifest["files"]) == {"model/config.json", "model/model.safetensors", "training_state.pt",
                                       "config.yaml"}
+
+
+def test_resume_warning_names_fields_the_checkpoint_predates(tmp_path: Path) -> None:
+    """A field added after a checkpoint was written reads as absent there, not as a change from None."""
+    config = config_for(tmp_path, "run.steps=7")
+    saved = to_dict(config)
+    del saved["model"]["latent"]["free_bits"]  # as if written before the field existed
+    saved["run"]["steps"] = 5
+    (tmp_path / "config.yaml").write_text(json.dumps(saved))  # JSON is YAML
+    with pytest.warns(UserWarning) as caught:
+        _warn_config_changes(tmp_path / "config.yaml", config)
+    (message,) = [str(w.message) for w in caught]
+    assert "model.latent.free_bits: (absent: older checkpoint) -> 0.5" in message, message
+    assert "run.steps: 5 -> 7" in message and "None" not in message

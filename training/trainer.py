@@ -530,7 +530,13 @@ def _warn_config_changes(saved_path: Path, config: TrainConfig) -> None:
     current = flatten_params(to_dict(config))
     changed = sorted(key for key in current.keys() | saved.keys() if str(current.get(key)) != str(saved.get(key)))
     if changed:
-        details = ", ".join(f"{key}: {saved.get(key)!r} -> {current.get(key)!r}" for key in changed[:8])
+        def was(key: str) -> str:  # a field added after the checkpoint was written is absent, not None
+            return repr(saved[key]) if key in saved else "(absent: older checkpoint)"
+
+        def now(key: str) -> str:
+            return repr(current[key]) if key in current else "(absent: field removed)"
+
+        details = ", ".join(f"{key}: {was(key)} -> {now(key)}" for key in changed[:8])
         more = f" (+{len(changed) - 8} more)" if len(changed) > 8 else ""
         warnings.warn(f"resume: config differs from the checkpoint's: {details}{more}", stacklevel=5)
 
