@@ -386,6 +386,11 @@ def simulator_ceiling(scenes: ForkScenes, balls: BallsConfig, config: FuturesCon
 # --------------------------------------------------------------------------------------------------- z leak
 
 
+LEAK_MIN_REDUCTION = 0.002
+"""z_leak's ratio is None when the posterior removes less than this share of the prior mean's error for the true
+next frame: z is not used there, and a ratio of two near-zero reductions means nothing."""
+
+
 @torch.no_grad()
 def z_leak(model: WorldModel, online: torch.Tensor, target: torch.Tensor, step: int, *,
            window: int, seed: int = 0) -> dict[str, float]:
@@ -393,7 +398,8 @@ def z_leak(model: WorldModel, online: torch.Tensor, target: torch.Tensor, step: 
 
     online, target: (B, T, D) with T > step >= 1. reduction = 1 - error(posterior z) / error(prior mean z), each
     against the frame the posterior was shown. leak_ratio = shuffled reduction / true reduction: near 0 means z
-    cannot be steered to an arbitrary frame (no leak), near 1 means it copies whatever it is shown.
+    cannot be steered to an arbitrary frame (no leak), near 1 means it copies whatever it is shown; None when the
+    true reduction is below LEAK_MIN_REDUCTION.
     """
     inputs = online[:, max(0, step - window) : step]
     last = target[:, step - 1]
@@ -411,8 +417,14 @@ def z_leak(model: WorldModel, online: torch.Tensor, target: torch.Tensor, step: 
         out[f"{name}/prior_error"] = prior_error
         out[f"{name}/posterior_error"] = posterior_error
         out[f"{name}/reduction"] = 1.0 - posterior_error / max(prior_error, 1e-12)
-    out["leak_ratio"] = out["shuffled/reduction"] / max(out["true/reduction"], 1e-12)
+    out["leak_ratio"] = leak_ratio(out["true/reduction"], out["shuffled/reduction"])
     return out
+
+
+def leak_ratio(true_reduction: float, shuffled_reduction: float) -> float | None:
+    """shuffled / true reduction; None below LEAK_MIN_REDUCTION, where it would be noise over noise (an untrained z
+    that buys 10^-9 of the error read 10^7)."""
+    return shuffled_reduction / true_reduction if true_reduction >= LEAK_MIN_REDUCTION else None
 
 
 # --------------------------------------------------------------------------------------------------- capacity

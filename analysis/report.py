@@ -105,8 +105,10 @@ def headline(results: dict[str, Any]) -> list[dict[str, Any]]:
             row("energy: true future ranked first among its time-shuffled versions (top-1 rate)", shuffled["top1"],
                 None, ">=", f"mean rank {shuffled['mean_rank']:.2f} of {shuffled['candidates']:.0f}")
         leak = futures["z_leak"].get("ordinary_clips", {})
+        undefined = leak and leak.get("leak_ratio") is None
         row("z-leak ratio (shuffled / true error reduction by the posterior)", leak.get("leak_ratio"), None, "<=",
-            "near 0: z cannot be steered to arbitrary frames")
+            f"undefined: the posterior removes {leak['true/reduction']:.2%} of the error for the true frame "
+            "(z unused)" if undefined else "near 0: z cannot be steered to arbitrary frames")
         events = futures.get("capacity_by_event")
         if events:
             row("z capacity at forks / at quiet steps", events["fork_over_quiet"], None, ">=",

@@ -98,6 +98,16 @@ def test_rank_statistics():
     assert rank_statistics(np.zeros(4), np.ones((4, 5)))["auroc"] == 1.0
 
 
+def test_leak_ratio_is_undefined_when_z_buys_nothing():
+    from analysis.multifuture import LEAK_MIN_REDUCTION, leak_ratio
+
+    assert leak_ratio(0.10, 0.02) == pytest.approx(0.2)
+    assert leak_ratio(0.10, -0.05) == pytest.approx(-0.5)  # a shuffled frame the posterior makes worse
+    assert leak_ratio(LEAK_MIN_REDUCTION, LEAK_MIN_REDUCTION) == pytest.approx(1.0)
+    # An untrained model's z removes ~1e-9 of the error: the ratio would read millions, so it is None.
+    assert leak_ratio(1e-9, 0.04) is None and leak_ratio(-0.01, 0.01) is None
+
+
 def test_r2_and_balanced_accuracy_known_values():
     y = np.arange(10, dtype=float)
     assert r2_score(y, y) == 1.0
