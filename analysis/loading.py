@@ -83,6 +83,19 @@ def simulator_config(model_dir: Path, image_size: int) -> BallsConfig:
     return BallsConfig(image_size=image_size)
 
 
+def refit_note(model_dir: Path) -> str | None:
+    """For a model written by `bench/latent_refit.py --save` (a refit.json beside its model folder): what was
+    refitted on which frozen encoder. None otherwise, or when the record cannot be read."""
+    path = model_dir.parent / "refit.json"
+    try:
+        record = json.loads(path.read_text())
+        return (f"predictor and latent ({', '.join(record['trained'])}) refitted for {record['steps']} steps at a "
+                f"{record['horizon']}-frame horizon on {record['clips']} simulator clips, on the frozen encoder of "
+                f"{record['base_checkpoint']} ({path.name})")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def foreign_data_note(model_dir: Path) -> str | None:
     """For a model that did not train on the bouncing-balls simulator (data.source recorded or gym, from the run's
     config.yaml): a sentence saying that the simulator-based analyses measure transfer, not its own data. None for

@@ -29,7 +29,7 @@ from envs.voe import generate_pairs, voe_config_for
 from worldmodel.model import WorldModel
 
 from . import inference, plots
-from .loading import foreign_data_note, load_model, run_config, simulator_config
+from .loading import foreign_data_note, load_model, refit_note, run_config, simulator_config
 from .multifuture import FuturesConfig, capacity_point, fork_configs, headline_family, run_futures
 from .probes import ProbeConfig, run_probes
 from .state_probes import StateProbeConfig, probe_run_state, reads_own_state
@@ -275,7 +275,7 @@ def build_report(checkpoint: str | Path, out: str | Path | None = None, config: 
     run_dir = run_directory(model_dir)
     out = Path(out) if out else (run_dir or model_dir.parent) / "analysis" / "report"
     out.mkdir(parents=True, exist_ok=True)
-    notes = [note] if (note := foreign_data_note(model_dir)) else []
+    notes = [note for note in (refit_note(model_dir), foreign_data_note(model_dir)) if note]
     run = run_config(model_dir)
     own_state = reads_own_state(run, config.probe_suite)
     acts = bool(getattr(model.config, "action_dim", 0))

@@ -178,11 +178,13 @@ def main() -> int:
             history.append({"step": step, **metrics})
     model.eval()
     if args.save:
-        import shutil
-
-        model.save(Path(args.save) / "model")
-        if (model_dir.parent / "config.yaml").is_file():  # the analyses read the simulator settings from it
-            shutil.copyfile(model_dir.parent / "config.yaml", Path(args.save) / "config.yaml")
+        save_refit(model, Path(args.save), run, window - config.context_frames, {
+            "base_checkpoint": str(model_dir), "steps": args.steps, "clips": args.clips,
+            "batch_size": args.batch_size, "seed": args.seed, "fresh": args.fresh, "overrides": args.overrides,
+            "occluder_prob": train_balls.occluder_prob, "deterministic": args.deterministic,
+            "emergence_share": args.emergence_share, "trained": [prefix.rstrip(".") for prefix in TRAINED],
+            "final_metrics": history[-1],
+        })
 
     balls = simulator_config(model_dir, config.image_size)
     held_out = generate_clips(balls, 256, window, seed=args.seed + 32_000)
@@ -238,6 +240,22 @@ def main() -> int:
         "seconds": round(time.perf_counter() - started, 1),
     }, indent=1))
     return 0
+
+
+def save_refit(model, out: Path, run: dict, horizon: int, record: dict) -> None:
+    """out/model (weights + config), out/config.yaml (the run's, with data.horizon set to the refit's: the
+    analyses read the predictor's training window from it, and the simulator settings), out/refit.json (how it
+    was made)."""
+    import copy
+
+    import yaml
+
+    model.save(out / "model")
+    if run:
+        config = copy.deepcopy(run)
+        config.setdefault("data", {})["horizon"] = horizon
+        (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (out / "refit.json").write_text(json.dumps({**record, "horizon": horizon}, indent=1) + "\n")
 
 
 def emergence_windows(state: dict, balls, context: int, window: int):

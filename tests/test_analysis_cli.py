@@ -290,20 +290,31 @@ def test_latent_refit_bench_rebuilds_the_posterior_and_reports_every_kind_of_ste
     assert bad.returncode == 2 and "model.encoder.dim=8" in bad.stderr
 
 
-def test_latent_refit_bench_refits_a_resized_predictor_from_fresh_weights(run_dir):
+def test_latent_refit_bench_refits_a_resized_predictor_from_fresh_weights(run_dir, tmp_path):
     import subprocess
     import sys
     from dataclasses import replace
 
+    from analysis import inference
+    from analysis.loading import load_model, refit_note
+
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run(
         [sys.executable, str(root / "bench" / "latent_refit.py"), "--checkpoint", str(run_dir), "--steps", "2",
-         "--clips", "8", "--scenes", "4", "--threads", "1", "--fresh", "--deterministic", "model.predictor.width=32",
-         "model.predictor.depth=1"],
+         "--clips", "8", "--scenes", "4", "--threads", "1", "--fresh", "--deterministic", "--horizon", "5",
+         "--save", str(tmp_path / "refit"), "model.predictor.width=32", "model.predictor.depth=1"],
         capture_output=True, text=True, timeout=600, cwd=root,
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
+    # --save writes a model the analyses load, whose run config holds the refit's training window.
+    saved, saved_dir = load_model(tmp_path / "refit")
+    assert saved.config.predictor.width == 32
+    assert inference.trained_window(saved, saved_dir) == debug().model.context_frames + 5 - 1
+    record = json.loads((tmp_path / "refit" / "refit.json").read_text())
+    assert record["horizon"] == 5 and record["steps"] == 2 and record["fresh"] and record["deterministic"]
+    assert "refitted for 2 steps at a 5-frame horizon on 8 simulator clips" in refit_note(saved_dir)
+    assert refit_note(Path(run_dir) / "model") is None
     # --fresh rebuilds everything the refit trains, so a resized predictor has a control that starts like it.
     assert result["rebuilt"] == ["latent", "past", "transition"]
     config = debug().model
