@@ -243,16 +243,19 @@ def main() -> int:
 
 
 def save_refit(model, out: Path, run: dict, horizon: int, record: dict) -> None:
-    """out/model (weights + config), out/config.yaml (the run's, with data.horizon set to the refit's: the
-    analyses read the predictor's training window from it, and the simulator settings), out/refit.json (how it
-    was made)."""
+    """out/model (weights + config), out/config.yaml (the run's, with the refitted model's settings and data.horizon
+    set to the refit's: the analyses read the predictor's training window from it, and the simulator settings),
+    out/refit.json (how it was made; written last)."""
     import copy
 
     import yaml
 
+    from worldmodel.config_io import to_dict
+
     model.save(out / "model")
     if run:
         config = copy.deepcopy(run)
+        config["model"] = to_dict(model.config)
         config.setdefault("data", {})["horizon"] = horizon
         (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (out / "refit.json").write_text(json.dumps({**record, "horizon": horizon}, indent=1) + "\n")

@@ -14,7 +14,7 @@ import torch
 
 from training.cli import main
 from training.config import debug
-from training.config_io import apply_overrides, save_yaml
+from training.config_io import apply_overrides, load_yaml, save_yaml
 from worldmodel import WorldModel
 
 
@@ -311,6 +311,7 @@ def test_latent_refit_bench_refits_a_resized_predictor_from_fresh_weights(run_di
     saved, saved_dir = load_model(tmp_path / "refit")
     assert saved.config.predictor.width == 32
     assert inference.trained_window(saved, saved_dir) == debug().model.context_frames + 5 - 1
+    assert load_yaml(tmp_path / "refit" / "config.yaml")["model"]["predictor"]["width"] == 32
     record = json.loads((tmp_path / "refit" / "refit.json").read_text())
     assert record["horizon"] == 5 and record["steps"] == 2 and record["fresh"] and record["deterministic"]
     assert "refitted for 2 steps at a 5-frame horizon on 8 simulator clips" in refit_note(saved_dir)
