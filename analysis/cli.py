@@ -259,9 +259,8 @@ def _state_probe_config(args: argparse.Namespace):
 
 def command_probe(args: argparse.Namespace) -> int:
     from . import plots
-    from .probes import run_probes
-
     from .loading import resolve_model_dir, run_config
+    from .probes import run_probes
     from .state_probes import reads_own_state
 
     if reads_own_state(run_config(resolve_model_dir(args.checkpoint)), args.suite):

@@ -310,9 +310,9 @@ Readout = Callable[[np.ndarray, Split], float]
 
 
 def fit_and_score(features: dict[str, np.ndarray], target: Target, rows: dict[str, np.ndarray],
-                   config: ProbeConfig, extra_tests: dict[str, tuple[dict[str, np.ndarray], Target]] | None = None,
-                   derived: dict[str, Readout] | None = None,
-                   ) -> dict[str, dict[str, dict[str, float]]]:
+                  config: ProbeConfig, extra_tests: dict[str, tuple[dict[str, np.ndarray], Target]] | None = None,
+                  derived: dict[str, Readout] | None = None,
+                  ) -> dict[str, dict[str, dict[str, float]]]:
     """results[feature][probe_model] = {"test": score, <extra test name>: score, ...}; for every entry of
     `derived`, also results[feature][probe_model][<derived name>] = {split: that function of the probe's
     predictions}."""
@@ -417,7 +417,7 @@ def run_probes(model: WorldModel, balls: BallsConfig, config: ProbeConfig | None
             "metric": "r2" if target.kind == "regression" else "balanced_accuracy",
             "chance": chance_level(target),
             "results": fit_and_score(features, target, rows, config, {"ood": (ood_features, ood_targets[name])},
-                                      motion_readouts(config.direction_bins) if name == "velocity" else None),
+                                     motion_readouts(config.direction_bins) if name == "velocity" else None),
         }
         log(f"probe: {name} done ({time.perf_counter() - started:.0f} s)")
     # Speed and direction as read through the velocity probe, as targets of their own.

@@ -123,7 +123,8 @@ def headline(results: dict[str, Any]) -> list[dict[str, Any]]:
     probes = results.get("probe")
     if probes and probes.get("suite") == "gym_state":
         env = probes.get("recording", {}).get("env_id", "the env")
-        for name, entry in [*probes["targets"].items(), ("mean over the state", {"results": probes["mean_over_state"]})]:
+        mean = ("mean over the state", {"results": probes["mean_over_state"]})
+        for name, entry in [*probes["targets"].items(), mean]:
             results_of = entry.get("results") or {}
             if "model" not in results_of:
                 continue
@@ -131,8 +132,8 @@ def headline(results: dict[str, Any]) -> list[dict[str, Any]]:
                 note = ", ".join(f"{f} {results_of[f][probe_model]['test']:.3f}"
                                  for f in ("random_init", "pixels", "oracle_positions")
                                  if probe_model in results_of.get(f, {}))
-                row(f"{env} {name} R2, {probe_model} probe, held-out episodes", results_of["model"][probe_model]["test"],
-                    None, ">=", f"controls / ceiling: {note}")
+                row(f"{env} {name} R2, {probe_model} probe, held-out episodes",
+                    results_of["model"][probe_model]["test"], None, ">=", f"controls / ceiling: {note}")
     elif probes:
         for target, goal in (("position", 0.95), ("velocity", 0.9)):
             entry = probes["targets"][target]["results"]

@@ -290,7 +290,9 @@ def probe_run_state(model: WorldModel, run: dict[str, Any], config: StateProbeCo
     config = config or StateProbeConfig()
     spec = replace(recording_spec(run, model.config.image_size, config.seed_offset), episodes=config.episodes)
     data = run.get("data") if isinstance(run.get("data"), dict) else {}
-    cache_dir = data.get("cache_dir") or ".cache/worldmodel"
+    from training.config import DataConfig  # for a partial config.yaml: the cache training would have used
+
+    cache_dir = data.get("cache_dir") or DataConfig().cache_dir
     log(f"probe: {spec.episodes} held-out episodes of {spec.env_id} (seed {spec.seed}, {spec.policy} policy, "
         f"frame skip {spec.frame_skip}) from {cache_dir}")
     recording = load_or_record(cache_dir, spec)
