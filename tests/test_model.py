@@ -388,6 +388,80 @@ def test_change_inputs_make_the_summary_see_motion_linearly(model_config):
         assert torch.equal(without(a)[:, -1], without(b)[:, -1])
 
 
+def test_keypoint_moves_are_each_keypoints_last_two_moves():
+    from worldmodel.predictor import keypoint_moves
+
+    # 2 keypoints, 3 frames; dims 4.. are not keypoints and must be ignored
+    sequence = torch.tensor([[[0.0, 0.0, 1.0, 1.0, 9.0],
+                              [0.1, 0.0, 1.0, 0.8, 9.0],
+                              [0.3, 0.1, 1.0, 0.6, 9.0]]])
+    moves = rearrange(keypoint_moves(sequence, 2), "b t (k two xy) -> b t k two xy", k=2, two=2)
+    assert moves.shape == (1, 3, 2, 2, 2)
+    assert torch.equal(moves[0, 0], torch.zeros(2, 2, 2))  # nothing before the first frame
+    assert torch.allclose(moves[0, 1, :, 0], torch.tensor([[0.1, 0.0], [0.0, -0.2]]))  # into t
+    assert torch.equal(moves[0, 1, :, 1], torch.zeros(2, 2))  # into t-1: before the sequence
+    assert torch.allclose(moves[0, 2, 0], torch.tensor([[0.2, 0.1], [0.1, 0.0]]))
+    assert torch.allclose(moves[0, 2, 1], torch.tensor([[0.0, -0.2], [0.0, -0.2]]))
+
+
+def test_keypoint_dynamics_model_trains_rolls_out_and_reloads(model_config, frames, tmp_path):
+    config = replace(model_config, predictor=replace(model_config.predictor, keypoint_dynamics=True))
+    torch.manual_seed(0)
+    model = WorldModel(config)
+    k, width = config.encoder.keypoints, config.predictor.width
+    assert model.past.out_width == width + 4 * k
+    online = model.encode(frames)
+    assert model.past(online).shape == (4, 6, width + 4 * k)
+    loss, metrics = model.loss({"frames": frames})
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.transition.motion.net[0].weight.grad.abs().sum() > 0  # the shared keypoint MLP is trained
+    futures = model.sample_futures(frames[:, :3], num_samples=3, horizon=4)
+    assert futures.representations.shape == (4, 3, 4, config.encoder.dim)
+    model.eval().save(tmp_path / "m")
+    loaded = WorldModel.load(tmp_path / "m").eval()
+    assert loaded.config.predictor.keypoint_dynamics
+    assert torch.equal(model.energy(frames[:, :3], frames[:, 3:]), loaded.energy(frames[:, :3], frames[:, 3:]))
+    with pytest.raises(ValueError, match="keypoint_dynamics.*keypoint_passthrough"):
+        replace(config, encoder=replace(config.encoder, keypoint_passthrough=False)).validate()
+
+
+def test_keypoint_motion_is_one_rule_per_keypoint_and_learns_constant_velocity():
+    """Each keypoint's move depends on its own coordinates and moves (plus the shared context), never on another
+    keypoint's; and the shared MLP learns to carry every keypoint on at its last velocity."""
+    from worldmodel.predictor import KeypointMotion
+
+    torch.manual_seed(0)
+    k, context = 6, 5
+    motion = KeypointMotion(k, context, hidden=64)
+    coordinates, moves, shared = torch.rand(1, 2 * k) * 4 - 2, torch.randn(1, 4 * k) * 0.1, torch.randn(1, context)
+    with torch.no_grad():
+        before = motion(coordinates, moves, shared)
+        nudged = moves.clone()
+        nudged[:, 8:12] += 0.5  # keypoint 2's moves
+        after = motion(coordinates, nudged, shared)
+    changed = (after - before).abs().reshape(k, 2).sum(-1)
+    assert changed[2] > 1e-4 and torch.all(changed[torch.arange(k) != 2] == 0)
+
+    optimizer = torch.optim.Adam(motion.parameters(), lr=3e-3)
+
+    def batch(n):
+        velocity = torch.randn(n, k, 2) * 0.1
+        moves = rearrange(torch.stack([velocity, velocity], dim=-2), "n k two xy -> n (k two xy)")
+        return torch.rand(n, 2 * k) * 4 - 2, moves, torch.randn(n, context), velocity.reshape(n, 2 * k)
+
+    for _ in range(400):
+        *inputs, velocity = batch(128)
+        loss = (motion(*inputs) - velocity).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    *inputs, velocity = batch(512)
+    with torch.no_grad():
+        error = (motion(*inputs) - velocity).pow(2).mean() / velocity.pow(2).mean()
+    assert error < 0.05
+
+
 def test_best_of_prior_is_the_closest_prior_sample_and_trains_the_prior(model_config):
     config = replace(model_config, best_of_weight=1.0, best_of_samples=6)
     model = WorldModel(config)

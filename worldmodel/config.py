@@ -63,6 +63,14 @@ class PredictorConfig:
     something attention has to compute from two tokens: with frames alone, a 2,000-step small model predicted
     the next target representation worse than extrapolating the last two at constant velocity did (0.0101 vs
     0.0069 per dim). Saved models that predate this field were built without it and load as such."""
+    keypoint_dynamics: bool = False
+    """Move the encoder's passed-through keypoint coordinates (the first 2K representation dimensions) with one
+    small MLP shared by all K keypoints, instead of with the transition's MLP over the whole summary. Each keypoint's
+    next step is computed from its own position, its last two moves (read from the predictor's inputs), a learned
+    identity and a projection of the summary and z (what the other balls, walls and the fork say). The same rule of
+    motion is then learned from every keypoint at once, rather than once per keypoint. Needs
+    model.encoder.keypoints > 0 with keypoint_passthrough=true. The summary the prior, posterior and transition read
+    grows by the 4K move features."""
 
 
 @dataclass
@@ -239,6 +247,12 @@ class ModelConfig:
                 f"model.encoder.dim={self.encoder.dim} must be > 2 * model.encoder.keypoints="
                 f"{2 * self.encoder.keypoints} with model.encoder.keypoint_passthrough=true (the coordinates take "
                 "2 dimensions per keypoint); lower keypoints or set keypoint_passthrough=false"
+            )
+        if self.predictor.keypoint_dynamics and not (self.encoder.keypoints > 0 and self.encoder.keypoint_passthrough):
+            raise ValueError(
+                "model.predictor.keypoint_dynamics=true moves the passed-through keypoint coordinates: it needs "
+                f"model.encoder.keypoints > 0 (got {self.encoder.keypoints}) and model.encoder.keypoint_passthrough="
+                f"true (got {str(self.encoder.keypoint_passthrough).lower()})"
             )
         if not -stages <= self.encoder.keypoint_stage < stages:
             raise ValueError(

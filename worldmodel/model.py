@@ -80,10 +80,12 @@ class WorldModel(nn.Module):
         if config.target == "ema":
             self.target_encoder = copy.deepcopy(self.encoder)
             self.target_encoder.requires_grad_(False)
-        self.past = PastEncoder(config.predictor, dim=dim, action_dim=config.action_dim)
-        self.latent = Latent(config.latent, width=config.predictor.width, dim=dim)
+        keypoints = config.encoder.keypoints if config.predictor.keypoint_dynamics else 0
+        self.past = PastEncoder(config.predictor, dim=dim, action_dim=config.action_dim, keypoints=keypoints)
+        self.latent = Latent(config.latent, width=self.past.out_width, dim=dim)
         self.transition = TransitionHead(
-            width=config.predictor.width, latent_dim=config.latent.code_size, dim=dim, hidden=config.latent.hidden
+            width=config.predictor.width, latent_dim=config.latent.code_size, dim=dim, hidden=config.latent.hidden,
+            keypoints=keypoints,
         )
         self.decoder = PixelDecoder(config.decoder, dim=dim, image_size=config.image_size)
 

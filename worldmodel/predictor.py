@@ -4,6 +4,9 @@
 never sees s_{t+1}). The next representation is then predicted from (h_t, z_t) by `TransitionHead`; the latent
 z_t enters only there, so prior and posterior can both condition on the same h_t. A rollout feeds each prediction
 back as the next input (see `WorldModel.rollout`).
+
+With `PredictorConfig.keypoint_dynamics`, h_t also carries each keypoint's last two moves (raw, appended after
+the transformer's state), and `TransitionHead` moves every keypoint with one MLP shared by all of them.
 """
 
 from __future__ import annotations
@@ -55,13 +58,17 @@ class PastEncoder(nn.Module):
 
     The action a_t taken after frame t is added to token t, so h_t (and with it the prior, the posterior and the
     transition to t+1) knows what was done; frames alone cannot tell a pushed cart from a coasting one. With
-    `change_inputs`, the change s_t - s_{t-1} is added too (see PredictorConfig.change_inputs).
+    `change_inputs`, the change s_t - s_{t-1} is added too (see PredictorConfig.change_inputs). With `keypoints`
+    K > 0 (keypoint_dynamics), the output is (B, T, width + 4K): the last 4K are the moves of each keypoint's
+    coordinates into t and into t-1, read from the inputs (0 where the sequence has no earlier input).
     """
 
-    def __init__(self, config: PredictorConfig, *, dim: int, action_dim: int = 0) -> None:
+    def __init__(self, config: PredictorConfig, *, dim: int, action_dim: int = 0, keypoints: int = 0) -> None:
         super().__init__()
         self.max_len = config.max_len
         self.action_dim = action_dim
+        self.keypoints = keypoints
+        self.out_width = config.width + 4 * keypoints
         self.to_width = nn.Linear(dim, config.width)
         self.from_change = nn.Linear(dim, config.width) if config.change_inputs else None
         self.from_action = nn.Linear(action_dim, config.width) if action_dim > 0 else None
@@ -92,18 +99,72 @@ class PastEncoder(nn.Module):
             x = x + self.from_action(actions.to(x.dtype))
         for block in self.blocks:
             x = block(x)
-        return self.norm(x)
+        summary = self.norm(x)
+        if self.keypoints == 0:
+            return summary
+        return torch.cat([summary, keypoint_moves(representations, self.keypoints).to(summary.dtype)], dim=-1)
+
+
+def keypoint_moves(representations: torch.Tensor, keypoints: int) -> torch.Tensor:
+    """(B, T, D) inputs whose first 2K dims are keypoint coordinates -> (B, T, 4K): per keypoint, its move into t
+    and its move into t-1 (x, y each), 0 where the sequence does not reach back that far."""
+    coordinates = rearrange(representations[..., : 2 * keypoints], "b t (k xy) -> b t k xy", xy=2)
+    padded = torch.cat([coordinates[:, :1], coordinates[:, :1], coordinates], dim=1)  # (B, T+2, K, 2)
+    last, before = padded[:, 2:] - padded[:, 1:-1], padded[:, 1:-1] - padded[:, :-2]  # (B, T, K, 2) each
+    return rearrange(torch.stack([last, before], dim=-2), "b t k two xy -> b t (k two xy)")
 
 
 class TransitionHead(nn.Module):
-    """(h_t, z_t, base) -> predicted s̄_{t+1} as a residual on base = s̄_t (motion is a small change of a frame)."""
+    """(h_t, z_t, base) -> predicted s̄_{t+1} as a residual on base = s̄_t (motion is a small change of a frame).
 
-    def __init__(self, *, width: int, latent_dim: int, dim: int, hidden: int) -> None:
+    With `keypoints` K > 0 the first 2K dims (keypoint coordinates) move by `KeypointMotion` and the MLP over the
+    summary predicts only the other D - 2K; h_t is then (..., width + 4K) as `PastEncoder` makes it."""
+
+    def __init__(self, *, width: int, latent_dim: int, dim: int, hidden: int, keypoints: int = 0) -> None:
         super().__init__()
+        self.keypoints = keypoints
+        summary_width = width + 4 * keypoints
         self.net = nn.Sequential(
-            nn.Linear(width + latent_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
-            nn.Linear(hidden, dim),
+            nn.Linear(summary_width + latent_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+            nn.Linear(hidden, dim - 2 * keypoints),
         )
+        self.motion = KeypointMotion(keypoints, width + latent_dim, hidden) if keypoints > 0 else None
 
     def forward(self, summary: torch.Tensor, z: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
-        return current + self.net(torch.cat([summary, z], dim=-1))
+        inputs = torch.cat([summary, z], dim=-1)
+        change = self.net(inputs)
+        if self.motion is None:
+            return current + change
+        k = self.keypoints
+        context = torch.cat([summary[..., : summary.shape[-1] - 4 * k], z], dim=-1)  # h_t without the moves, z
+        moves = summary[..., summary.shape[-1] - 4 * k :]
+        return current + torch.cat([self.motion(current[..., : 2 * k], moves, context).to(change.dtype), change], -1)
+
+
+class KeypointMotion(nn.Module):
+    """Each keypoint's next move from its position, its last two moves, a learned identity and a shared context,
+    by one MLP for all keypoints: (..., 2K) coordinates, (..., 4K) moves, (..., C) context -> (..., 2K) move."""
+
+    IDENTITY = 8
+    CONTEXT = 32
+
+    def __init__(self, keypoints: int, context: int, hidden: int) -> None:
+        super().__init__()
+        self.keypoints = keypoints
+        self.identity = nn.Parameter(torch.randn(keypoints, self.IDENTITY) * 0.1)
+        self.from_context = nn.Linear(context, self.CONTEXT)
+        self.net = nn.Sequential(
+            nn.Linear(2 + 4 + self.IDENTITY + self.CONTEXT, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+            nn.Linear(hidden, 2),
+        )
+
+    def forward(self, coordinates: torch.Tensor, moves: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        k = self.keypoints
+        shared = self.from_context(context)  # (..., CONTEXT)
+        tokens = torch.cat([
+            rearrange(coordinates, "... (k xy) -> ... k xy", k=k),
+            rearrange(moves, "... (k four) -> ... k four", k=k),
+            self.identity.expand(*coordinates.shape[:-1], k, self.IDENTITY),
+            shared.unsqueeze(-2).expand(*shared.shape[:-1], k, self.CONTEXT),
+        ], dim=-1)  # (..., K, 2 + 4 + IDENTITY + CONTEXT)
+        return rearrange(self.net(tokens), "... k xy -> ... (k xy)")
