@@ -86,9 +86,7 @@ class PastEncoder(nn.Module):
             )
         x = self.to_width(representations) + self.position[:length]
         if self.from_change is not None:
-            # (B, T, D): the first input has no predecessor in the sequence, so its change is 0 (as in training).
-            change = representations - torch.cat([representations[:, :1], representations[:, :-1]], dim=1)
-            x = x + self.from_change(change)
+            x = x + self.from_change(change_since_previous(representations))
         if self.from_action is not None:
             if actions is None or actions.shape[:2] != representations.shape[:2]:
                 shape = None if actions is None else tuple(actions.shape)
@@ -105,12 +103,17 @@ class PastEncoder(nn.Module):
         return torch.cat([summary, keypoint_moves(representations, self.keypoints).to(summary.dtype)], dim=-1)
 
 
+def change_since_previous(sequence: torch.Tensor) -> torch.Tensor:
+    """(B, T, ...) -> (B, T, ...): x_t - x_{t-1}; the first input has no predecessor in the sequence, so its change
+    is 0 (as in training)."""
+    return sequence - torch.cat([sequence[:, :1], sequence[:, :-1]], dim=1)
+
+
 def keypoint_moves(representations: torch.Tensor, keypoints: int) -> torch.Tensor:
     """(B, T, D) inputs whose first 2K dims are keypoint coordinates -> (B, T, 4K): per keypoint, its move into t
     and its move into t-1 (x, y each), 0 where the sequence does not reach back that far."""
-    coordinates = rearrange(representations[..., : 2 * keypoints], "b t (k xy) -> b t k xy", xy=2)
-    padded = torch.cat([coordinates[:, :1], coordinates[:, :1], coordinates], dim=1)  # (B, T+2, K, 2)
-    last, before = padded[:, 2:] - padded[:, 1:-1], padded[:, 1:-1] - padded[:, :-2]  # (B, T, K, 2) each
+    last = change_since_previous(rearrange(representations[..., : 2 * keypoints], "b t (k xy) -> b t k xy", xy=2))
+    before = torch.cat([torch.zeros_like(last[:, :1]), last[:, :-1]], dim=1)  # (B, T, K, 2): the move into t-1
     return rearrange(torch.stack([last, before], dim=-2), "b t k two xy -> b t (k two xy)")
 
 
@@ -122,23 +125,20 @@ class TransitionHead(nn.Module):
 
     def __init__(self, *, width: int, latent_dim: int, dim: int, hidden: int, keypoints: int = 0) -> None:
         super().__init__()
-        self.keypoints = keypoints
-        summary_width = width + 4 * keypoints
+        self.width, self.keypoints = width, keypoints
         self.net = nn.Sequential(
-            nn.Linear(summary_width + latent_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+            nn.Linear(width + 4 * keypoints + latent_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
             nn.Linear(hidden, dim - 2 * keypoints),
         )
         self.motion = KeypointMotion(keypoints, width + latent_dim, hidden) if keypoints > 0 else None
 
     def forward(self, summary: torch.Tensor, z: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
-        inputs = torch.cat([summary, z], dim=-1)
-        change = self.net(inputs)
+        change = self.net(torch.cat([summary, z], dim=-1))
         if self.motion is None:
             return current + change
-        k = self.keypoints
-        context = torch.cat([summary[..., : summary.shape[-1] - 4 * k], z], dim=-1)  # h_t without the moves, z
-        moves = summary[..., summary.shape[-1] - 4 * k :]
-        return current + torch.cat([self.motion(current[..., : 2 * k], moves, context).to(change.dtype), change], -1)
+        state, moves = summary.split([self.width, 4 * self.keypoints], dim=-1)  # h_t itself, the keypoints' moves
+        moved = self.motion(current[..., : 2 * self.keypoints], moves, torch.cat([state, z], dim=-1))
+        return current + torch.cat([moved.to(change.dtype), change], dim=-1)
 
 
 class KeypointMotion(nn.Module):
