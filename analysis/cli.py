@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from envs.voe import PROPERTIES
+from worldmodel.config_io import atomic_write_text
 
 
 def _positive(text: str) -> int:
@@ -210,7 +211,7 @@ def _finish(name: str, result: dict[str, Any], out: Path, run_dir: Path | None, 
     from .tracking import log_analysis
 
     path = out / f"{name}.json"
-    path.write_text(json.dumps(result, indent=1))
+    atomic_write_text(path, json.dumps(result, indent=1))
     print(headline_table(headline({name: result})))
     print(f"wrote {path}" + "".join(f" and {f}" for f in figures))
     if not args.no_mlflow:

@@ -26,6 +26,7 @@ from envs.clips import generate_clips
 from envs.physics import BallsConfig
 from envs.scenes import generate_fork_scenes
 from envs.voe import generate_pairs, voe_config_for
+from worldmodel.config_io import atomic_write_text
 from worldmodel.model import WorldModel
 
 from . import inference, plots
@@ -324,7 +325,7 @@ def build_report(checkpoint: str | Path, out: str | Path | None = None, config: 
     collapse = collapse_telemetry(model, balls, seed=config.probes.seed + 77)
     results["collapse"] = {k: v for k, v in collapse.items() if k != "stds"}
     for name, value in results.items():
-        (out / f"{name}.json").write_text(json.dumps(value, indent=1))
+        atomic_write_text(out / f"{name}.json", json.dumps(value, indent=1))
 
     figures = _figures(results, capacity, collapse, config, out)
     history = training_history(run_dir, use_mlflow=mlflow) if run_dir is not None else {}
@@ -395,7 +396,7 @@ def _write_index(out: Path, model_dir: Path, window: int, rows: list[dict[str, A
     md += ["## Videos", ""]
     md += [f"- [{p.stem}](videos/{p.name}) ([gif](videos/{p.with_suffix('.gif').name}))" for p in videos]
     md += ["", "Full results: " + ", ".join(f"[{n}.json]({n}.json)" for n in results)]
-    (out / "index.md").write_text("\n".join(md) + "\n")
+    atomic_write_text(out / "index.md", "\n".join(md) + "\n")
 
     table = ["<table><tr><th>metric</th><th>measured</th><th>target</th><th>met</th><th>note</th></tr>"]
     for r in rows:
@@ -417,5 +418,5 @@ def _write_index(out: Path, model_dir: Path, window: int, rows: list[dict[str, A
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>World model report</title>"
             f"<style>{_STYLE}</style></head><body>{''.join(body)}</body></html>")
     index = out / "index.html"
-    index.write_text(page)
+    atomic_write_text(index, page)
     return index

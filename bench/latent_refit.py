@@ -250,15 +250,15 @@ def save_refit(model, out: Path, run: dict, horizon: int, record: dict) -> None:
 
     import yaml
 
-    from worldmodel.config_io import to_dict
+    from worldmodel.config_io import atomic_write_text, to_dict
 
     model.save(out / "model")
     if run:
         config = copy.deepcopy(run)
         config["model"] = to_dict(model.config)
         config.setdefault("data", {})["horizon"] = horizon
-        (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    (out / "refit.json").write_text(json.dumps({**record, "horizon": horizon}, indent=1) + "\n")
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    atomic_write_text(out / "refit.json", json.dumps({**record, "horizon": horizon}, indent=1) + "\n")
 
 
 def emergence_windows(state: dict, balls, context: int, window: int):

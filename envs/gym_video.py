@@ -41,7 +41,7 @@ import numpy as np
 
 from envs.frames import resize_frames
 from envs.sources import SourceData
-from envs.storage import NpyAppender, write_json, write_npy
+from envs.storage import DEFAULT_CACHE_DIR, NpyAppender, write_json, write_npy
 from envs.windows import ClipWindows, split_clip_indices
 
 FORMAT = 1
@@ -602,7 +602,7 @@ class GymSource:
     """What to record when `path` is empty."""
     path: str = ""
     """A recording directory from `worldmodel data gym` (empty: record `spec` into cache_dir)."""
-    cache_dir: str | Path = ".cache/worldmodel"
+    cache_dir: str | Path = DEFAULT_CACHE_DIR
     with_actions: bool = True
     """Put "actions" into the windows."""
     stride: int = 1

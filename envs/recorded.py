@@ -33,7 +33,7 @@ import numpy as np
 
 from envs.frames import resize_frames
 from envs.sources import SourceData
-from envs.storage import NpyAppender, write_json
+from envs.storage import DEFAULT_CACHE_DIR, NpyAppender, write_json
 from envs.windows import ClipReadError, ClipWindows, split_clip_indices
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".webm", ".gif", ".mkv", ".m4v")
@@ -530,7 +530,7 @@ class RecordedSource:
     root: str | Path
     """Folder searched recursively (or a single file)."""
     settings: DecodeSettings
-    cache_dir: str | Path = ".cache/worldmodel"
+    cache_dir: str | Path = DEFAULT_CACHE_DIR
     on_bad_file: Literal["error", "skip"] = "error"
     """error: stop at an unusable file; skip: leave it out (named in a warning), see max_bad_fraction."""
     max_bad_fraction: float = 0.1

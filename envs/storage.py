@@ -16,6 +16,10 @@ from typing import Any
 
 import numpy as np
 
+DEFAULT_CACHE_DIR = ".cache/worldmodel"
+"""Where generated clips, gym recordings and decoded videos are cached unless a run says otherwise (relative to the
+working directory)."""
+
 _HEADER_BYTES = 128
 """Magic + version + length + dict, space padded. A multiple of 64 (numpy's alignment) and big enough for any shape
 with up to ~12-digit dimensions."""

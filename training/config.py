@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 from envs.physics import BallsConfig
+from envs.storage import DEFAULT_CACHE_DIR
 from worldmodel.config import DecoderConfig, EncoderConfig, LatentConfig, ModelConfig, PredictorConfig
 
 
@@ -69,7 +70,7 @@ class DataConfig:
     """DataLoader worker processes (0: load in the training process; the cached clips are in memory anyway)."""
     seed: int = 0
     """Seed of clip generation (the clip set is a pure function of it and the simulator settings)."""
-    cache_dir: str = ".cache/worldmodel"
+    cache_dir: str = DEFAULT_CACHE_DIR
     """Where generated clips, gym recordings and decoded videos are cached (keyed by everything that determines
     their content; a video's key includes its path, size and mtime)."""
 

@@ -235,12 +235,12 @@ def save_yaml(cfg: Any, path: str | os.PathLike[str]) -> None:
     """Write ``to_dict(cfg)`` as YAML, atomically (a reader never sees a half-written file). Keeps field order."""
     yaml = _import_yaml("save_yaml")
     text = yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False, allow_unicode=True)
-    _atomic_write_text(Path(path), text)
+    atomic_write_text(Path(path), text)
 
 
 def save_json(cfg: Any, path: str | os.PathLike[str]) -> None:
     """Write ``to_dict(cfg)`` as indented JSON, atomically. Keeps field order."""
-    _atomic_write_text(Path(path), json.dumps(to_dict(cfg), indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(Path(path), json.dumps(to_dict(cfg), indent=2, ensure_ascii=False) + "\n")
 
 
 def config_hash(cfg: Any, length: int = 12) -> str:
@@ -705,7 +705,7 @@ def _strict_loader(yaml: Any) -> type:
     return StrictLoader
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
     """Write to a temp file in the same directory, fsync, then os.replace: readers see the old or new file, whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
