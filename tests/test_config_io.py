@@ -110,6 +110,18 @@ def test_yaml_and_json_round_trip(tmp_path: Path):
     assert not [p for p in tmp_path.rglob("*.tmp")]  # atomic writes leave no temp files behind
 
 
+def test_atomic_write_text_keeps_the_old_file_whole_when_a_write_fails(tmp_path: Path):
+    from worldmodel.config_io import atomic_write_text
+
+    path = tmp_path / "deep" / "refit.json"
+    atomic_write_text(path, '{"steps": 1}\n')
+    assert path.read_text() == '{"steps": 1}\n'
+    with pytest.raises(UnicodeEncodeError):  # a lone surrogate cannot be written as UTF-8: the write fails midway
+        atomic_write_text(path, '{"steps": 2, "name": "\ud800"}\n')
+    assert path.read_text() == '{"steps": 1}\n'
+    assert [p.name for p in path.parent.iterdir()] == ["refit.json"]  # no temp file left behind
+
+
 def test_absent_fields_keep_defaults_including_nested():
     cfg = from_dict(TrainCfg, {"model": {"encoder": {"width": 8}}})
     assert cfg.model.encoder.width == 8
