@@ -14,7 +14,7 @@ from worldmodel import CheckpointError, WorldModel
 from worldmodel.config import DecoderConfig, EncoderConfig, LatentConfig, ModelConfig, PredictorConfig
 from worldmodel.latent import Gaussian, free_bits_floor, gaussian_kl, project_to_ball
 from worldmodel.model import distance
-from worldmodel.regularizers import covariance_loss, effective_rank, variance_loss
+from worldmodel.regularizers import acceleration_loss, covariance_loss, effective_rank, temporal_loss, variance_loss
 
 
 @pytest.fixture
@@ -168,6 +168,27 @@ def test_regularizers_known_values():
     assert effective_rank(torch.randn(4096, 8)) > 7.5
     rank_one = torch.randn(512, 1) * torch.randn(1, 8)
     assert effective_rank(rank_one) < 1.05
+    # Constant velocity: every first difference is 2, every second difference 0; a zigzag of amplitude 1 has
+    # first differences of +-2 and second differences of +-4.
+    steady = (2.0 * torch.arange(6.0)).reshape(1, 6, 1).expand(3, 6, 4)
+    zigzag = torch.tensor([0.0, 2.0, 0.0, 2.0, 0.0, 2.0]).reshape(1, 6, 1).expand(3, 6, 4)
+    assert temporal_loss(steady).item() == pytest.approx(4.0) and acceleration_loss(steady).item() == 0.0
+    assert temporal_loss(zigzag).item() == pytest.approx(4.0)
+    assert acceleration_loss(zigzag).item() == pytest.approx(16.0)
+    assert acceleration_loss(steady[:, :2]).item() == 0.0  # too short to have a second difference
+
+
+def test_total_loss_is_the_weighted_sum_of_the_named_terms(model_config, frames):
+    config = replace(model_config, regularizer=replace(model_config.regularizer, acceleration_weight=0.5))
+    torch.manual_seed(0)
+    model = WorldModel(config)
+    total, metrics = model.loss({"frames": frames})
+    weights = model.loss_weights()
+    assert weights["acceleration"] == 0.5 and metrics["loss/acceleration"] > 0
+    expected = sum(weights[name] * metrics[f"loss/{name}"] for name in WorldModel.LOSS_TERMS)
+    assert total.item() == pytest.approx(expected, rel=1e-5)
+    # Off by default: the term is still reported, with no weight.
+    assert WorldModel(model_config).loss_weights()["acceleration"] == 0.0
 
 
 def test_ema_update_moves_target_towards_online(model_config):

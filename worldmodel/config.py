@@ -155,6 +155,11 @@ class RegularizerConfig:
     """Weight of the time-similarity term mean ||s_{t+1} - s_t||^2 / D on online representations (as in PLDM,
     Sobal et al. 2025). The targets get no gradient, so without it nothing stops the encoder from filling its
     variance budget with features that jump between consecutive frames, which no predictor can extrapolate."""
+    acceleration_weight: float = 0.0
+    """Weight of mean ||s_{t+1} - 2 s_t + s_{t-1}||^2 / D on online representations (0: off). The temporal term
+    makes features slow; this one makes their changes persist, as a ball's moves do between bounces. A one-step
+    predictor fitted by squared error scales the last change by about the lag-1 autocorrelation of the changes, and
+    an open-loop rollout compounds that factor, so features whose changes flicker make rollouts lag."""
     target_std: float = 1.0
     """The per-dimension std the variance hinge asks for."""
 

@@ -67,7 +67,7 @@ class WorldModel(nn.Module):
     # The loss terms and the config weight that scales each; `loss` asserts it produced exactly these.
     LOSS_TERMS = (
         "prediction", "rollout", "best_of_prior", "capacity", "prior_fit", "variance", "covariance", "temporal",
-        "reconstruction",
+        "acceleration", "reconstruction",
     )
 
     def __init__(self, config: ModelConfig) -> None:
@@ -262,6 +262,7 @@ class WorldModel(nn.Module):
             "variance": regularizers.variance_loss(online, config.regularizer.target_std),
             "covariance": regularizers.covariance_loss(online),
             "temporal": regularizers.temporal_loss(online),
+            "acceleration": regularizers.acceleration_loss(online),
             # Detached: the decoder learns to render representations, it never shapes them.
             "reconstruction": (self.decode(target.detach()) - frames).pow(2).mean(),
         })
@@ -296,6 +297,7 @@ class WorldModel(nn.Module):
             "variance": config.regularizer.variance_weight,
             "covariance": config.regularizer.covariance_weight,
             "temporal": config.regularizer.temporal_weight,
+            "acceleration": config.regularizer.acceleration_weight,
             "reconstruction": config.decoder.weight,
         }
 

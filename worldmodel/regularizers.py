@@ -39,6 +39,14 @@ def temporal_loss(representations: torch.Tensor) -> torch.Tensor:
     return (representations[:, 1:] - representations[:, :-1]).float().pow(2).mean()
 
 
+def acceleration_loss(representations: torch.Tensor) -> torch.Tensor:
+    """Mean squared second difference s_{t+1} - 2 s_t + s_{t-1}, per dimension: (B, T, D) -> scalar (0 if T < 3)."""
+    if representations.shape[1] < 3:
+        return representations.new_zeros(())
+    second = representations[:, 2:] - 2 * representations[:, 1:-1] + representations[:, :-2]  # (B, T-2, D)
+    return second.float().pow(2).mean()
+
+
 @torch.no_grad()
 def effective_rank(representations: torch.Tensor) -> float:
     """exp(entropy of the normalised singular values) of the centred representations: 1 (collapsed) .. D."""
