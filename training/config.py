@@ -109,6 +109,38 @@ class OptimConfig:
 
 
 @dataclass
+class DynamicsConfig:
+    """The second stage of a two-stage run (training/dynamics_stage.py): after the end-to-end steps, the encoder
+    and its target are frozen, windows long enough to hold an occlusion are encoded once, and the predictor, the
+    latent and the transition train on those cached windows for many cheap steps. On a CPU the encoder is most of a
+    step's cost, so this is how long windows and long open-loop horizons fit in a CPU budget."""
+
+    steps: int = 0
+    """Optimizer steps of the stage (0: no second stage)."""
+    horizon: int = 12
+    """Open-loop steps per cached window after model.context_frames (window = context_frames + horizon; it must
+    fit model.predictor.max_len and the clips)."""
+    windows: int = 4000
+    """Windows encoded for the stage, drawn at random (seeded) from the training split (fewer if it has fewer)."""
+    batch_size: int = 64
+    """Windows per step."""
+    lr: float = 1e-3
+    """Peak learning rate (warmup then cosine to lr * optim.min_lr_ratio), AdamW with optim.weight_decay."""
+    warmup_steps: int = 100
+    """Linear warmup steps."""
+    log_every: int = 100
+    """Log the stage's metrics every this many steps."""
+
+    def validate(self) -> None:
+        for name, low in (("steps", 0), ("horizon", 1), ("windows", 1), ("batch_size", 1), ("warmup_steps", 0),
+                          ("log_every", 1)):
+            if getattr(self, name) < low:
+                raise ValueError(f"dynamics.{name} must be >= {low}, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"dynamics.lr must be > 0, got {self.lr}")
+
+
+@dataclass
 class RunConfig:
     """Length, logging, checkpointing and hardware of a run."""
 
@@ -198,10 +230,16 @@ class TrainConfig:
     """Optimiser and schedule."""
     run: RunConfig = field(default_factory=RunConfig)
     """Run length, logging, hardware."""
+    dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
+    """The optional second stage: the dynamics trained on cached encodings of long windows."""
 
     @property
     def window(self) -> int:
         return self.model.context_frames + self.data.horizon
+
+    @property
+    def dynamics_window(self) -> int:
+        return self.model.context_frames + self.dynamics.horizon
 
     def validate(self) -> None:
         self.model.validate()
@@ -230,6 +268,14 @@ class TrainConfig:
             if getattr(self.data, name) < 1:
                 raise ValueError(f"data.{name} must be >= 1, got {getattr(self.data, name)}")
         self.run.validate()
+        self.dynamics.validate()
+        if self.dynamics.steps > 0:
+            if self.dynamics_window > self.model.predictor.max_len:
+                raise ValueError(f"dynamics window model.context_frames + dynamics.horizon = {self.dynamics_window} "
+                                 f"exceeds model.predictor.max_len={self.model.predictor.max_len}")
+            if simulated and self.dynamics_window > self.data.clip_length:
+                raise ValueError(f"dynamics window model.context_frames + dynamics.horizon = {self.dynamics_window} "
+                                 f"is longer than data.clip_length={self.data.clip_length}")
 
 
 def scene_balls(image_size: int) -> BallsConfig:

@@ -63,6 +63,8 @@ from .config import RunConfig, TrainConfig
 from .config_io import load_yaml, save_yaml, to_dict
 from .data import build_datasets, can_render_on_device, eval_batches, train_stream
 from .distributed import DistContext
+from .dynamics_stage import TRAINED as DYNAMICS_MODULES
+from .dynamics_stage import train_dynamics
 from .optim import build_optimizer, build_schedule
 from .tracking import NullTracker, flatten_params, make_tracker
 
@@ -243,7 +245,14 @@ def train_step(
     else:
         loss.backward()
     clip = setup.config.optim.grad_clip
-    grad_norm = torch.nn.utils.clip_grad_norm_(setup.parameters, clip if clip > 0 else math.inf)
+    limit = clip if clip > 0 else math.inf
+    # The pixel decoder is clipped on its own: its reconstruction gradients are large early on and, in one global
+    # norm, would scale down every step of the world model they never touch.
+    decoder = [p for p in setup.model.decoder.parameters() if p.requires_grad]
+    decoder_ids = {id(p) for p in decoder}
+    grad_norm = torch.nn.utils.clip_grad_norm_([p for p in setup.parameters if id(p) not in decoder_ids], limit)
+    decoder_norm = torch.nn.utils.clip_grad_norm_(decoder, limit)
+    grad_norm = torch.where(torch.isfinite(decoder_norm), grad_norm, decoder_norm)  # a bad decoder step is bad too
 
     # One host read per step decides for all ranks: [loss non-finite, grad norm non-finite, stop requested].
     # With fp16 an overflowing gradient is the scaler's business (it skips the step and lowers the scale).
@@ -719,7 +728,38 @@ def _loop(setup: TrainingSetup, datasets, point: _ResumePoint, out_dir: Path, fa
                   "Continue with --resume.", flush=True)
         tracker.finish("KILLED")
         return result
+    if config.dynamics.steps > 0:
+        _dynamics_stage(setup, out_dir, tracker, result)
     return _finish(setup, datasets, result, tracker)
+
+
+def _dynamics_stage(setup: TrainingSetup, out_dir: Path, tracker, result: TrainResult) -> None:
+    """The second stage (training/dynamics_stage.py) on rank 0, its weights then broadcast to every rank."""
+    config, context = setup.config, setup.context
+    if context.is_main:
+        metrics_log = MetricsLog(out_dir / METRICS_FILE, keep_through=config.run.steps)
+
+        def log(step: int, metrics: dict[str, float]) -> None:
+            tracker.log_metrics(metrics, step=step)
+            metrics_log.write(step, metrics)
+            result.history.append({"step": step, **metrics})
+            if config.run.progress:
+                print(f"dynamics step {step - config.run.steps}/{config.dynamics.steps}: nll/dim "
+                      f"{metrics.get('dynamics/likelihood/nll_per_dim', math.nan):.3f}, rollout error "
+                      f"{metrics.get('dynamics/error/rollout', math.nan):.4f}", flush=True)
+
+        try:
+            train_dynamics(setup.model, config, setup.device, log=log)
+        except BaseException:
+            tracker.finish("FAILED")
+            raise
+        finally:
+            metrics_log.close()
+    if context.enabled:
+        modules = [getattr(setup.model, name) for name in DYNAMICS_MODULES]
+        states = distributed.broadcast_object(context, [m.state_dict() for m in modules] if context.is_main else None)
+        for module, state in zip(modules, states):
+            module.load_state_dict(state)
 
 
 def _checkpoint(setup: TrainingSetup, datasets, done: int, out_dir: Path, tracker, metrics_log) -> Path:

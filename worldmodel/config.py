@@ -77,7 +77,11 @@ class PredictorConfig:
 class LatentConfig:
     """The latent z_t that carries what the past cannot determine about frame t+1.
 
-    Two capacity regimes:
+    Three capacity regimes:
+    - `mixture`: z is one of `classes` discrete values, each a component of a Gaussian mixture over the next
+      representation with a learned per-dimension std (worldmodel/likelihood.py). There is no posterior network:
+      the posterior over the K components is computed exactly from the likelihood, the loss is the mixture's
+      negative log-likelihood, and z can carry at most log K nats per step by construction.
     - `kl`: Gaussian posterior q(z | past, next target) and learned prior p(z | past); the capacity cost is
       KL(q || p) in nats, floored at `free_bits` per step or on the batch mean (`free_bits_scope`; below the
       floor z is free, so it is not squeezed to nothing).
@@ -86,7 +90,7 @@ class LatentConfig:
       EBM). A Gaussian prior is fitted to the (detached) posterior codes only so that futures can be sampled.
     """
 
-    capacity: Literal["kl", "sparse"] = "kl"
+    capacity: Literal["mixture", "kl", "sparse"] = "kl"
     """Which capacity regime limits z (see the class docstring)."""
     dim: int = 8
     """Size of z_t: its dimensions (Gaussian), or its number of categorical groups (categorical)."""
@@ -97,7 +101,11 @@ class LatentConfig:
     Gaussian z must be bent into a step by the transition first; until then its samples fill the gap). At 800
     small-preset steps it did not beat the Gaussian (README, "Numbers")."""
     classes: int = 8
-    """categorical: values each group of z can take."""
+    """categorical: values each group of z can take. mixture: K, the number of components (z's values)."""
+    min_std: float = 0.02
+    """mixture: floor of the learned per-dimension std of the prediction error (representations have std ~1 per
+    dimension). A dimension that training found perfectly predictable cannot make the energy of a slightly
+    different frame explode."""
     hidden: int = 192
     """Hidden size of the prior/posterior MLPs."""
     free_bits: float = 0.5
@@ -133,14 +141,24 @@ class LatentConfig:
         return self.posterior_input != "target"
 
     @property
+    def mixture(self) -> bool:
+        """z picks one component of a mixture likelihood (exact posterior, no KL)."""
+        return self.capacity == "mixture"
+
+    @property
     def categorical(self) -> bool:
-        """z is categorical (only under the kl capacity)."""
-        return self.capacity == "kl" and self.distribution == "categorical"
+        """z is one-hot codes: the mixture's component, or a categorical z under the kl capacity."""
+        return self.mixture or (self.capacity == "kl" and self.distribution == "categorical")
+
+    @property
+    def groups(self) -> int:
+        """Independent one-hot groups of a categorical z (a mixture has one: its component)."""
+        return 1 if self.mixture else self.dim
 
     @property
     def code_size(self) -> int:
-        """Entries of one step's z as the transition sees it: dim, or dim * classes when categorical."""
-        return self.dim * self.classes if self.categorical else self.dim
+        """Entries of one step's z as the transition sees it: dim, or groups * classes when categorical."""
+        return self.groups * self.classes if self.categorical else self.dim
 
 
 @dataclass
@@ -283,8 +301,10 @@ class ModelConfig:
         if self.latent.categorical and self.latent.classes < 2:
             raise ValueError(f"model.latent.classes must be >= 2 for a categorical z, got {self.latent.classes}")
         if self.latent.categorical and self.latent.infer_steps > 0:
-            raise ValueError("model.latent.infer_steps must be 0 with model.latent.distribution=categorical (a "
-                             "one-hot code has no gradient steps to refine it)")
+            raise ValueError("model.latent.infer_steps must be 0 with a one-hot z (model.latent.capacity=mixture or "
+                             "distribution=categorical): a one-hot code has no gradient steps to refine it")
+        if self.latent.mixture and not 0 < self.latent.min_std < 0.3:
+            raise ValueError(f"model.latent.min_std must be in (0, 0.3), got {self.latent.min_std}")
         if self.latent.capacity == "sparse" and self.latent.max_norm <= 0:
             raise ValueError(f"model.latent.max_norm must be > 0, got {self.latent.max_norm}")
         if self.latent.free_bits < 0:

@@ -23,6 +23,7 @@ from einops import rearrange
 from torch import nn
 
 from .config import LatentConfig
+from .likelihood import LikelihoodScale
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
@@ -166,8 +167,14 @@ class Latent(nn.Module):
     def __init__(self, config: LatentConfig, *, width: int, dim: int) -> None:
         super().__init__()
         self.config = config
+        self.scale: LikelihoodScale | None = None
         shown = dim + (1 if config.posterior_input == "scaled_innovation" else 0)  # + the log-RMS
-        if config.categorical:
+        if config.mixture:
+            # The posterior over the components is exact (WorldModel computes it from the likelihood): no network.
+            self.prior = CategoricalHead(width, 1, config.classes, config.hidden)
+            self.posterior = None
+            self.scale = LikelihoodScale(dim, min_std=config.min_std)
+        elif config.categorical:
             self.prior = CategoricalHead(width, config.dim, config.classes, config.hidden)
             self.posterior = CategoricalHead(width + shown, config.dim, config.classes, config.hidden)
         else:
@@ -182,6 +189,8 @@ class Latent(nn.Module):
         innovation next_target - expected (LatentConfig.posterior_input); it is detached, so this path trains
         neither the prior nor the transition.
         """
+        if self.posterior is None:
+            raise ValueError("a mixture latent's posterior is exact: WorldModel computes it from the likelihood")
         shown = next_target
         if self.config.sees_innovation:
             if expected is None:
@@ -211,10 +220,17 @@ class Latent(nn.Module):
 
     @property
     def cost_weight(self) -> float:
+        """What a unit of capacity costs in the energy: kl_weight, l1_weight, or 1 for the mixture (nats priced
+        as nats: the likelihood is calibrated)."""
+        if self.config.mixture:
+            return 1.0
         return self.config.kl_weight if self.config.capacity == "kl" else self.config.l1_weight
 
     def capacity_loss(self, cost: torch.Tensor) -> torch.Tensor:
-        """Weighted, free-bits-floored capacity term for the training loss (scalar)."""
+        """Weighted, free-bits-floored capacity term for the training loss (scalar). 0 for the mixture: the
+        price of its component is inside the likelihood (log pi_k)."""
+        if self.config.mixture:
+            return cost.new_zeros(())
         if self.config.capacity == "kl":
             if self.config.free_bits_scope == "batch":
                 cost = cost.mean()
@@ -223,8 +239,8 @@ class Latent(nn.Module):
 
     def prior_fit_loss(self, prior: Gaussian, posterior: Gaussian) -> torch.Tensor:
         """sparse only: fit the sampling prior to the detached codes by maximum likelihood; 0 for kl (the KL trains
-        it)."""
-        if self.config.capacity == "kl":
+        it) and the mixture (its likelihood trains it)."""
+        if self.config.capacity != "sparse":
             return prior.mean.new_zeros(())
         return -prior.log_prob(posterior.mean.detach()).mean() / self.config.dim
 

@@ -28,7 +28,8 @@ from . import regularizers
 from .config import ModelConfig
 from .decoder import PixelDecoder
 from .encoder import FrameEncoder
-from .latent import Gaussian, Latent
+from .latent import Categorical, Gaussian, Latent
+from .likelihood import categorical_information, mixture_log_likelihood, one_hot_codes
 from .predictor import PastEncoder, TransitionHead
 
 
@@ -171,7 +172,8 @@ class WorldModel(nn.Module):
         latents: (B, horizon, Z) to use given z's; otherwise z is drawn from the prior (its mean if
         deterministic). actions: (B, C + horizon - 1, A) for an action-conditioned model, aligned with frames.
         window: feed the predictor at most this many most recent inputs per step (the sequence length it was
-        trained on: positions beyond it never got a gradient); None feeds everything.
+        trained on: positions beyond it never got a gradient); None: up to model.predictor.max_len, so a rollout
+        of any length slides over the most recent inputs it can take.
         Returns (predictions (B, horizon, D), latents (B, horizon, Z)).
         """
         if window is not None and window < 1:
@@ -189,11 +191,13 @@ class WorldModel(nn.Module):
                 actions: torch.Tensor | None, window: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The open-loop loop itself: pick(k, h_k (B, width), base (B, D)) -> z_k (B, Z) chooses each step's z from
         the rollout's own summary. Returns (predictions (B, horizon, D), latents (B, horizon, Z))."""
+        # Never more inputs than the predictor has positions: past that, the most recent ones are kept.
+        window = self.past.max_len if window is None else min(window, self.past.max_len)
         sequence, base = context, last_target
         predictions, used = [], []
         for k in range(horizon):
             known = sequence.shape[1]
-            first = 0 if window is None else max(0, known - window)
+            first = max(0, known - window)
             step_actions = None if actions is None else actions[:, first:known]
             # (B, width): h at the last known/predicted frame
             summary = self.past(sequence[:, first:], step_actions)[:, -1]
@@ -221,6 +225,13 @@ class WorldModel(nn.Module):
         costs = []
 
         def pick(k: int, summary: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+            if self.config.latent.mixture:
+                # The rollout goes on along the component that explains what happened (exact responsibilities):
+                # the step's log-likelihood is charged here, so `costs` holds log-likelihoods for the mixture.
+                log_likelihood, responsibilities, _ = self._mixture(summary, self.latent.prior(summary), base,
+                                                                    future[:, k])
+                costs.append(log_likelihood)
+                return self._component_code(responsibilities.argmax(-1), summary)
             if mode == "teacher_forced":
                 return teacher_z[:, context - 1 + k]
             prior = self.latent.prior(summary)
@@ -311,6 +322,8 @@ class WorldModel(nn.Module):
         Returns ({prediction, rollout, best_of_prior, capacity, prior_fit} unweighted, telemetry floats: errors
         and capacity used; empty unless telemetry)."""
         config, context = self.config, self.config.context_frames
+        if config.latent.mixture:
+            return self._mixture_losses(online, target, actions, telemetry=telemetry)
         # Predict s̄_{t+1} from s_{<=t}; the residual starts from s̄_t, so predictions live in target space and
         # the encoder is shaped only through the summary h_t (the JEPA way: no gradient through targets).
         current, next_target = target[:, :-1], target[:, 1:]
@@ -347,6 +360,72 @@ class WorldModel(nn.Module):
                 metrics["latent/rollout_capacity"] = float(rollout_capacity.mean())
         return losses, metrics
 
+    def _mixture_losses(
+        self, online: torch.Tensor, target: torch.Tensor, actions: torch.Tensor | None, *, telemetry: bool
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """predictive_losses for the mixture latent: the negative log-likelihood of every next target, teacher-forced
+        and along the open-loop rollout, in nats per dimension, times the detached 2 * mean sigma^2.
+
+        That factor is a constant at each step, so it does not move the minimum; it gives the gradient on the
+        predicted means the size of a squared error's (2 (mu - x) / D), whatever the learned scale, so the balance
+        between prediction and the anti-collapse terms on the encoder stays where it was tuned, and shrinking sigma
+        does not turn up the encoder's learning rate."""
+        context, dim = self.config.context_frames, online.shape[-1]
+        current, next_target = target[:, :-1], target[:, 1:]
+        summary = self.past(online[:, :-1], actions)  # (B, T-1, width)
+        prior = self.latent.prior(summary)
+        log_likelihood, responsibilities, means = self._mixture(summary, prior, current, next_target)  # (B, T-1)
+        rolled, rolled_log_likelihood = self._training_rollout(online, target, None, actions)
+        scale = self.latent.scale()
+        price = 2 * scale.detach().pow(2).mean()
+        losses = {
+            "prediction": -log_likelihood.mean() / dim * price,
+            "rollout": -rolled_log_likelihood.mean() / dim * price,
+            "best_of_prior": zero_loss(online),
+            "capacity": zero_loss(online),
+            "prior_fit": zero_loss(online),
+        }
+        if not telemetry:
+            return losses, {}
+        with torch.no_grad():
+            pick = lambda index: means.gather(-2, index[..., None, None].expand(*index.shape, 1, dim))[..., 0, :]  # noqa: E731
+            posterior_prediction = pick(responsibilities.argmax(-1))
+            prior_prediction = pick(prior.probs[..., 0, :].argmax(-1))
+            information = categorical_information(responsibilities, prior.probs[..., 0, :])
+            metrics = {
+                "error/prediction": float(distance(posterior_prediction, next_target).mean()),
+                "error/prior_mean_prediction": float(distance(prior_prediction, next_target).mean()),
+                "error/copy_last": float(distance(current, next_target).mean()),
+                "error/rollout": float(distance(rolled, target[:, context:]).mean()),
+                "latent/capacity": float(information.mean()),
+                "latent/rollout_nll_per_dim": float(-rolled_log_likelihood.mean() / dim),
+                "likelihood/nll_per_dim": float(-log_likelihood.mean() / dim),
+                "likelihood/std_mean": float(scale.mean()),
+                "likelihood/std_min": float(scale.min()),
+            }
+        return losses, metrics
+
+    def _component_code(self, index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """(...,) component indices -> (..., K) one-hot codes (the mixture's z as the transition reads it)."""
+        return one_hot_codes(self.config.latent.classes, like)[index]
+
+    def component_means(self, summary: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        """The mixture's K predicted next representations: summary (..., width), current (..., D) -> (..., K, D)."""
+        classes = self.config.latent.classes
+        codes = one_hot_codes(classes, summary).expand(*summary.shape[:-1], classes, classes)
+        expand = lambda x: x.unsqueeze(-2).expand(*x.shape[:-1], classes, x.shape[-1])  # noqa: E731
+        return self.transition(expand(summary), codes, expand(current))
+
+    def _mixture(self, summary: torch.Tensor, prior: Categorical, current: torch.Tensor,
+                 next_target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """log p(next_target | past) under the mixture, the exact responsibilities and the K means:
+        (...), (..., K), (..., K, D) for summary (..., width), current and next_target (..., D)."""
+        means = self.component_means(summary, current)
+        log_likelihood, responsibilities = mixture_log_likelihood(
+            next_target, means, prior.probs[..., 0, :].log(), self.latent.scale()
+        )
+        return log_likelihood, responsibilities, means
+
     def _best_of_prior(self, online: torch.Tensor, target: torch.Tensor, actions: torch.Tensor | None) -> torch.Tensor:
         """Mean over windows of the smallest open-loop error among `best_of_samples` rollouts with prior z's.
 
@@ -374,6 +453,9 @@ class WorldModel(nn.Module):
         next_target (B, D) the target representation of the next frame; actions (B, C, A) when conditioned.
         last_target (B, D), the target representation of the last input frame (the base the prediction starts
         from), is required by a posterior that sees the innovation (model.latent.posterior_input)."""
+        if self.config.latent.mixture and last_target is None:
+            raise ValueError("this model's posterior is the mixture's exact one: pass last_target, the target "
+                             "representation of the last input frame (the components' base)")
         if self.config.latent.sees_innovation and last_target is None:
             raise ValueError(f"this model's posterior sees the innovation (model.latent.posterior_input="
                              f"{self.config.latent.posterior_input}): pass last_target, the target representation "
@@ -388,6 +470,9 @@ class WorldModel(nn.Module):
         """The posterior for the step from `current` (the target representation the prediction starts from) to
         `next_target`. A posterior that sees the innovation is shown next_target minus the prior mean's prediction;
         that prediction is only its input, so it is made without gradient (it trains neither prior nor transition)."""
+        if self.config.latent.mixture:
+            _, responsibilities, _ = self._mixture(summary, prior, current, next_target)
+            return Categorical(responsibilities.unsqueeze(-2))  # (..., 1, K): one group, the component
         expected = None
         if self.config.latent.sees_innovation:
             with torch.no_grad():
@@ -412,25 +497,41 @@ class WorldModel(nn.Module):
         return summary, prior, self._infer(summary, prior, target[:, :-1], target[:, 1:])
 
     # ------------------------------------------------------------------ energy
+    def summaries(self, inputs: torch.Tensor, actions: torch.Tensor | None = None) -> torch.Tensor:
+        """h_t for every t of inputs (B, T, D) [+ actions (B, T, A)] -> (B, T, width), each from at most
+        model.predictor.max_len most recent inputs (the whole past when it fits, a sliding window past that)."""
+        length, window = inputs.shape[1], self.past.max_len
+        if length <= window:
+            return self.past(inputs, actions)
+        cut = lambda x, a, b: None if x is None else x[:, a:b]  # noqa: E731
+        states = [self.past(inputs[:, :window], cut(actions, 0, window))]
+        for t in range(window, length):
+            states.append(self.past(inputs[:, t - window + 1 : t + 1], cut(actions, t - window + 1, t + 1))[:, -1:])
+        return torch.cat(states, dim=1)
+
     def energy_of_representations(
         self, inputs: torch.Tensor, targets: torch.Tensor, start: int, actions: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Per-step energy of targets[:, start:] given everything before: (B, T - start).
 
         inputs: (B, T, D) representations fed to the predictor (online space); targets: (B, T, D) target-space
-        representations the predictions start from and are compared with. Each step's energy is the smaller of two
-        candidates for the min over z of distance + weight * capacity: the posterior's code, refined by
-        `latent.infer_steps` gradient steps, and the prior's own code (q = p: z carries nothing, for a KL capacity
-        at no cost). The second makes F never exceed the deterministic prediction's error: an amortised posterior
-        whose capacity costs more than the error it saves is not the minimum. actions: (B, >= T - 1, A) for an
-        action-conditioned model.
+        representations the predictions start from and are compared with. Each step is predicted from the whole
+        past before it, up to model.predictor.max_len inputs (a sliding window past that).
+        Mixture latent: the energy of a step is its negative log-likelihood in nats, -log sum_k pi_k N(s̄; mu_k,
+        sigma^2): the sum over z, exactly. Other latents: the smaller of two candidates for the min over z of
+        distance + weight * capacity: the posterior's code, refined by `latent.infer_steps` gradient steps, and the
+        prior's own code (q = p: z carries nothing, for a KL capacity at no cost). The second makes F never exceed
+        the deterministic prediction's error. actions: (B, >= T - 1, A) for an action-conditioned model.
         """
         if not 1 <= start < inputs.shape[1]:
             raise ValueError(f"start must be in [1, {inputs.shape[1] - 1}], got {start}")
         actions = self.prepare_actions(actions, inputs.shape[0], inputs.shape[1] - 1)
-        summary = self.past(inputs[:, :-1].float(), actions)[:, start - 1 :]
+        summary = self.summaries(inputs[:, :-1].float(), actions)[:, start - 1 :]
         current, next_target = targets[:, start - 1 : -1].float(), targets[:, start:].float()
         prior = self.latent.prior(summary)
+        if self.config.latent.mixture:
+            log_likelihood, _, _ = self._mixture(summary, prior, current, next_target)
+            return -log_likelihood
         posterior = self._infer(summary, prior, current, next_target)
 
         def step_distance(z: torch.Tensor) -> torch.Tensor:
