@@ -46,13 +46,18 @@ def _print_result(result) -> None:
     if result.rank != 0 or result.interrupted:  # rank 0 reports for a torchrun job; a stopped run said why
         return
     print(f"model saved to {result.model_dir}")
-    if result.history:
-        last = result.history[-1]
+    end_to_end = [entry for entry in result.history if "error/prediction" in entry]
+    if end_to_end:
+        last = end_to_end[-1]
         print(
             f"final step {result.steps}: prediction error {last['error/prediction']:.4f} "
             f"(copy-last baseline {last['error/copy_last']:.4f}), "
             f"effective rank {last['collapse/effective_rank']:.1f}"
         )
+    dynamics = [entry for entry in result.history if "dynamics/error/rollout" in entry]
+    if dynamics:
+        print(f"dynamics stage: open-loop error {dynamics[-1]['dynamics/error/rollout']:.4f}, "
+              f"NLL {dynamics[-1]['dynamics/likelihood/nll_per_dim']:.3f} nats/dim")
     if result.val_metrics:
         print(
             f"validation: prediction error {result.val_metrics['val/error/prediction']:.4f} "

@@ -104,7 +104,7 @@ def train_dynamics(model: WorldModel, config: TrainConfig, device: torch.device,
                 elapsed = time.perf_counter() - window_start
                 last = {f"dynamics/{name}": value for name, value in metrics.items()}
                 last.update({f"dynamics/loss/{name}": float(value.detach()) for name, value in losses.items()})
-                last.update({"dynamics/loss/total": float(total), "dynamics/optim/grad_norm": float(grad_norm),
+                last.update({"dynamics/loss/total": float(total.detach()), "dynamics/optim/grad_norm": float(grad_norm),
                              "dynamics/optim/lr": schedule.get_last_lr()[0],
                              "dynamics/speed/steps_per_s": min(stage.log_every, done) / max(elapsed, 1e-9),
                              "dynamics/encode_s": encoded_s, "dynamics/windows": float(count)})

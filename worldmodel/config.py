@@ -190,6 +190,10 @@ class DecoderConfig:
     """Channels of each upsampling stage (same count as the encoder's stages, mirrored)."""
     weight: float = 1.0
     """Weight of the pixel MSE in the total loss (its gradient never reaches the encoder)."""
+    train_frames: int = 2
+    """Frames per window the decoder is trained on at each step, picked at random (0: every frame). Decoding is
+    the most expensive part of a CPU step (a small-preset window of 8 frames: 0.87 s of ~1.5 s); a frame or two per
+    window gives the decoder the same frames over a run, and it never shapes the representation anyway."""
 
 
 @dataclass
@@ -282,6 +286,8 @@ class ModelConfig:
                 f"model.encoder.keypoint_stage={self.encoder.keypoint_stage} must index one of the {stages} conv "
                 f"stages (0..{stages - 1}, or negative from the end)"
             )
+        if self.decoder.train_frames < 0:
+            raise ValueError(f"model.decoder.train_frames must be >= 0 (0: every frame), got {self.decoder.train_frames}")
         if self.context_frames < 1:
             raise ValueError(f"model.context_frames must be >= 1, got {self.context_frames}")
         if self.context_frames >= self.predictor.max_len:

@@ -274,8 +274,7 @@ class WorldModel(nn.Module):
             "covariance": regularizers.covariance_loss(online),
             "temporal": regularizers.temporal_loss(online),
             "acceleration": regularizers.acceleration_loss(online),
-            # Detached: the decoder learns to render representations, it never shapes them.
-            "reconstruction": (self.decode(target.detach()) - frames).pow(2).mean(),
+            "reconstruction": self._reconstruction(target, frames),
         })
         weights = self.loss_weights()
         assert losses.keys() == weights.keys() == set(self.LOSS_TERMS), "loss terms and weights must match"
@@ -295,6 +294,15 @@ class WorldModel(nn.Module):
                 }
             )
         return total, metrics
+
+    def _reconstruction(self, target: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """Pixel MSE of the decoder on `decoder.train_frames` random frames of each window (all with 0). Detached:
+        the decoder learns to render representations, it never shapes them."""
+        count = self.config.decoder.train_frames
+        if 0 < count < frames.shape[1]:
+            picked = torch.randperm(frames.shape[1], device=frames.device)[:count]
+            target, frames = target[:, picked], frames[:, picked]
+        return (self.decode(target.detach()) - frames).pow(2).mean()
 
     def loss_weights(self) -> dict[str, float]:
         """The weight of each loss term (LOSS_TERMS) in the total, from the config."""
