@@ -1,0 +1,191 @@
+"""The mixture latent and its calibrated likelihood: known values, exact responsibilities, the energy as a negative
+log-likelihood, rollouts past the predictor's window, and the dynamics stage on cached long windows."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from training.config import debug
+from training.dynamics_stage import dynamics_parameters, encode_windows, train_dynamics
+from worldmodel import WorldModel
+from worldmodel.likelihood import (
+    LikelihoodScale,
+    categorical_information,
+    gaussian_log_density,
+    mixture_log_likelihood,
+)
+
+
+def mixture_config():
+    config = debug().model
+    config.latent.capacity = "mixture"
+    config.latent.classes = 4
+    config.latent.dim = 1
+    return config
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return WorldModel(mixture_config())
+
+
+@pytest.fixture
+def frames():
+    torch.manual_seed(1)
+    return torch.randint(0, 256, (3, 7, 3, 32, 32), dtype=torch.uint8)
+
+
+def test_gaussian_log_density_known_values():
+    # Standard normal at 0 in 2 dims: -log(2 pi); at (1, 0) with std 2: -0.5 * 1/4 - 2 log 2 - log(2 pi).
+    assert float(gaussian_log_density(torch.zeros(2), torch.zeros(2), torch.ones(2))) == pytest.approx(
+        -math.log(2 * math.pi))
+    value = gaussian_log_density(torch.tensor([1.0, 0.0]), torch.zeros(2), torch.full((2,), 2.0))
+    assert float(value) == pytest.approx(-0.125 - 2 * math.log(2.0) - math.log(2 * math.pi))
+
+
+def test_mixture_log_likelihood_and_responsibilities_by_hand():
+    # Two 1-D components at -1 and +1, std 1, weights 0.25 / 0.75, target at +1.
+    target = torch.tensor([1.0])
+    means = torch.tensor([[-1.0], [1.0]])
+    weights = torch.tensor([0.25, 0.75])
+    log_likelihood, responsibilities = mixture_log_likelihood(target, means, weights.log(), torch.ones(1))
+    density = lambda x: math.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)  # noqa: E731
+    joint = [0.25 * density(2.0), 0.75 * density(0.0)]
+    assert float(log_likelihood) == pytest.approx(math.log(sum(joint)), rel=1e-6)
+    assert responsibilities.tolist() == pytest.approx([joint[0] / sum(joint), joint[1] / sum(joint)], rel=1e-6)
+    # One component: the log-likelihood is the Gaussian's and its responsibility is 1.
+    single, only = mixture_log_likelihood(target, means[:1], torch.zeros(1), torch.ones(1))
+    assert float(single) == pytest.approx(math.log(density(2.0)), rel=1e-6) and only.tolist() == [1.0]
+
+
+def test_far_target_picks_the_nearer_component_whatever_the_weights():
+    # A calibrated likelihood: 0.9 prior weight does not save a component 10 stds away.
+    target = torch.tensor([0.0, 0.0])
+    means = torch.tensor([[1.0, 0.0], [0.0, 0.05]])
+    _, responsibilities = mixture_log_likelihood(target, means, torch.tensor([0.9, 0.1]).log(), torch.full((2,), 0.1))
+    assert float(responsibilities[1]) > 0.999
+
+
+def test_likelihood_scale_init_and_floor():
+    scale = LikelihoodScale(5, min_std=0.02, init_std=0.3)
+    assert scale().tolist() == pytest.approx([0.3] * 5, rel=1e-5)
+    with torch.no_grad():
+        scale.raw.fill_(-30.0)
+    assert scale().tolist() == pytest.approx([0.02] * 5, rel=1e-5)
+    with pytest.raises(ValueError, match="min_std"):
+        LikelihoodScale(3, min_std=0.5)
+
+
+def test_categorical_information():
+    uniform = torch.full((4,), 0.25)
+    assert float(categorical_information(uniform, uniform)) == pytest.approx(0.0, abs=1e-7)
+    certain = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    assert float(categorical_information(certain, uniform)) == pytest.approx(math.log(4), rel=1e-5)
+
+
+def test_energy_is_the_negative_log_likelihood(model, frames):
+    context = 3
+    online, target = model.encode(frames).detach(), model.encode_target(frames)
+    energy = model.energy(frames[:, :context], frames[:, context:], reduction="none")  # (B, F)
+    with torch.no_grad():
+        for step in range(context, frames.shape[1]):
+            summary = model.past(online[:, :step])[:, -1]
+            weights = model.latent.prior(summary).probs[:, 0]  # (B, K)
+            means = torch.stack([
+                model.transition(summary, torch.nn.functional.one_hot(torch.full((3,), k), 4).float(),
+                                 target[:, step - 1])
+                for k in range(4)
+            ], dim=1)  # (B, K, D)
+            std = model.latent.scale()
+            density = torch.stack([gaussian_log_density(target[:, step], means[:, k], std) for k in range(4)], 1)
+            expected = -(weights.log() + density).logsumexp(-1)
+            assert torch.allclose(energy[:, step - context], expected, atol=1e-4)
+
+
+def test_posterior_is_exact_and_charges_at_most_log_k(model, frames):
+    online, target = model.encode(frames), model.encode_target(frames)
+    posterior = model.posterior(online[:, :3], target[:, 3], last_target=target[:, 2])
+    assert posterior.probs.shape == (3, 1, 4)
+    assert torch.allclose(posterior.probs.sum(-1), torch.ones(3, 1))
+    used = model.capacity_per_step(online, target)
+    assert used.shape == (3, 6) and float(used.min()) >= -1e-6
+    assert float(used.max()) <= math.log(4) - math.log(0.01 / 4) + 1e-4  # KL to a prior mixed with 1% uniform
+    with pytest.raises(ValueError, match="last_target"):
+        model.posterior(online[:, :3], target[:, 3])
+
+
+def test_loss_terms_and_telemetry(model, frames):
+    loss, metrics = model.loss({"frames": frames})
+    assert torch.isfinite(loss)
+    weights = model.loss_weights()
+    total = sum(weights[name] * metrics[f"loss/{name}"] for name in model.LOSS_TERMS)
+    assert metrics["loss/total"] == pytest.approx(total, rel=1e-5)
+    assert metrics["loss/capacity"] == 0.0 and metrics["loss/prior_fit"] == 0.0
+    assert metrics["likelihood/std_mean"] == pytest.approx(0.3, rel=1e-4)
+    loss.backward()
+    assert model.latent.scale.raw.grad is not None and model.latent.prior.net[0].weight.grad is not None
+
+
+def test_sampling_slides_past_the_predictor_window(model, frames):
+    horizon = model.config.predictor.max_len + 4  # longer than the predictor has positions
+    futures = model.sample_futures(frames[:, :6], num_samples=3, horizon=horizon,
+                                   generator=torch.Generator().manual_seed(0))
+    assert futures.representations.shape == (3, 3, horizon, model.config.encoder.dim)
+    assert futures.latents.shape == (3, 3, horizon, 4)
+    assert torch.all(futures.latents.sum(-1) == 1)  # one component per step
+    assert torch.isfinite(futures.energies).all()
+
+
+def test_deterministic_rollout_takes_the_most_likely_component(model, frames):
+    online, target = model.encode(frames), model.encode_target(frames)
+    _, used = model.rollout(online[:, :3], target[:, 2], 1, deterministic=True)
+    summary = model.past(online[:, :3])[:, -1]
+    assert torch.equal(used[:, 0].argmax(-1), model.latent.prior(summary).probs[:, 0].argmax(-1))
+
+
+def test_summaries_use_a_sliding_window_past_max_len(model):
+    torch.manual_seed(3)
+    window = model.config.predictor.max_len
+    inputs = torch.randn(2, window + 3, model.config.encoder.dim)
+    states = model.summaries(inputs)
+    assert states.shape == (2, window + 3, model.config.predictor.width)
+    assert torch.allclose(states[:, :window], model.past(inputs[:, :window]), atol=1e-5)
+    last = model.past(inputs[:, 3:])[:, -1]  # the window ending at the last input
+    assert torch.allclose(states[:, -1], last, atol=1e-5)
+
+
+def test_dynamics_stage_trains_only_the_dynamics_on_long_windows(tmp_path):
+    torch.manual_seed(0)
+    config = debug()
+    config.model.latent.capacity, config.model.latent.classes, config.model.latent.dim = "mixture", 4, 1
+    config.data.cache_dir = str(tmp_path / "cache")
+    config.run.out_dir = str(tmp_path / "run")
+    config.dynamics.steps, config.dynamics.horizon, config.dynamics.windows = 60, 8, 128
+    config.dynamics.batch_size, config.dynamics.log_every, config.dynamics.lr = 32, 20, 2e-3
+    config.validate()
+    model = WorldModel(config.model)
+    cache = encode_windows(model, config, torch.device("cpu"))
+    assert cache["online"].shape == (128, config.dynamics_window, config.model.encoder.dim)
+    encoder_before = [p.detach().clone() for p in model.encoder.parameters()]
+    decoder_before = [p.detach().clone() for p in model.decoder.parameters()]
+    logged = []
+    train_dynamics(model, config, torch.device("cpu"), log=lambda step, metrics: logged.append((step, metrics)))
+    assert [step for step, _ in logged] == [220, 240, 260]  # counted on from run.steps = 200
+    first, last = logged[0][1], logged[-1][1]
+    assert last["dynamics/loss/prediction"] < first["dynamics/loss/prediction"]
+    assert all(torch.equal(a, b) for a, b in zip(encoder_before, model.encoder.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(decoder_before, model.decoder.parameters()))
+    assert all(p.requires_grad for p in model.encoder.parameters())  # unfrozen again for the caller
+    assert not any(p.requires_grad for p in model.target_encoder.parameters())
+    assert len(dynamics_parameters(model)) > 0
+
+
+def test_dynamics_window_is_checked_against_the_predictor():
+    config = debug()
+    config.dynamics.steps, config.dynamics.horizon = 10, config.model.predictor.max_len
+    with pytest.raises(ValueError, match="dynamics window"):
+        config.validate()
