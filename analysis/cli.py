@@ -109,7 +109,10 @@ def _surprise_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames-after", type=_positive, default=default.frames_after,
                         help="frames after the earliest violation")
     parser.add_argument("--context", type=_non_negative, default=default.context,
-                        help="past frames each frame's surprise is predicted from (0: the model's context_frames)")
+                        help="surprise is scored from this frame on (0: the model's context_frames)")
+    parser.add_argument("--memory", type=_non_negative, default=default.memory,
+                        help="each frame is judged from up to this many frames before it (0: the longest past the "
+                             "predictor was trained on)")
 
 
 def add_analysis_parsers(commands: argparse._SubParsersAction) -> None:
@@ -202,7 +205,7 @@ def _surprise_config(args: argparse.Namespace):
     from .surprise import SurpriseConfig
 
     return SurpriseConfig(pairs=args.pairs, controls=args.controls, properties=tuple(args.properties),
-                          frames_after=args.frames_after, context=args.context)
+                          frames_after=args.frames_after, context=args.context, memory=args.memory)
 
 
 def _finish(name: str, result: dict[str, Any], out: Path, run_dir: Path | None, args: argparse.Namespace,
@@ -319,10 +322,10 @@ def command_surprise(args: argparse.Namespace) -> int:
     from .surprise import run_surprise
 
     model, model_dir, balls, window, run_dir, out = _setup(args)
-    result = run_surprise(model, balls, _surprise_config(args))
+    result = run_surprise(model, balls, _surprise_config(args), window=window)
     print(f"{'property':<12}{'signal':<8}{'accuracy':>9}{'AUROC':>8}{'peak':>7}{'control':>9}{'h':>7}")
     for name, entry in result["properties"].items():
-        for signal in ("energy", "prior", "change"):
+        for signal in ("energy", "prior", "change", "pixels"):
             e = entry[signal]
             control = e.get("control_accuracy_mean", float("nan"))
             print(f"{name:<12}{signal:<8}{e['pairwise_accuracy']:>9.3f}{e['auroc']:>8.3f}{e['peak_aligned']:>7.2f}"

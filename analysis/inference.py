@@ -41,10 +41,14 @@ def encode(model: WorldModel, clips: np.ndarray | torch.Tensor, *, target: bool 
 
 
 def trained_window(model: WorldModel, model_dir: Path | None = None) -> int:
-    """Longest input sequence the predictor saw in training: context_frames + data.horizon - 1 from the run's
-    config.yaml (found next to the model or its checkpoint), else the positional table's size."""
-    data = run_config(Path(model_dir)).get("data", {}) if model_dir is not None else {}
+    """Longest input sequence the predictor saw in training: context_frames + horizon - 1 from the run's
+    config.yaml (found next to the model or its checkpoint), the horizon being dynamics.horizon when the run had a
+    dynamics stage (training/dynamics_stage.py) and data.horizon otherwise; else the positional table's size."""
+    config = run_config(Path(model_dir)) if model_dir is not None else {}
+    data, dynamics = config.get("data", {}), config.get("dynamics", {})
     horizon = data.get("horizon") if isinstance(data, dict) else None
+    if isinstance(dynamics, dict) and isinstance(dynamics.get("steps"), int) and dynamics["steps"] > 0:
+        horizon = dynamics.get("horizon")
     if isinstance(horizon, int) and horizon >= 1:
         return min(model.config.context_frames + horizon - 1, model.config.predictor.max_len)
     return model.config.predictor.max_len
@@ -79,41 +83,49 @@ def _windows(x: torch.Tensor, context: int) -> torch.Tensor:
 
 @torch.no_grad()
 def sliding_energy(model: WorldModel, online: torch.Tensor, target: torch.Tensor, context: int, *,
-                   batch_size: int = 512) -> torch.Tensor:
-    """Energy of each frame given the `context` frames before it (z optimised: the cheaper of the posterior's code
-    + refinement and the prior's code; see WorldModel.energy_of_representations).
+                   memory: int | None = None, batch_size: int = 512) -> torch.Tensor:
+    """Energy of each frame t >= context given the frames before it: all of them up to `memory` (default
+    `context`: a sliding window of fixed length), so a model with memory can use what it saw long ago. See
+    WorldModel.energy_of_representations (a mixture model's energy is the NLL; others minimise over z).
 
     online, target: (B, T, D). Returns (B, T) with nan for the first `context` frames.
     """
     batch, length, _ = online.shape
     if not 1 <= context < length:
         raise ValueError(f"context must be in [1, {length - 1}] for clips of {length} frames, got {context}")
-    inputs, targets = _windows(online, context), _windows(target, context)
-    energies = torch.cat([
-        model.energy_of_representations(inputs[i : i + batch_size], targets[i : i + batch_size], context)[:, 0]
-        for i in range(0, inputs.shape[0], batch_size)
-    ])
+    memory = memory or context
+    if memory == context:  # every frame from exactly `context` frames: one batch of equal windows
+        inputs, targets = _windows(online, context), _windows(target, context)
+        energies = torch.cat([
+            model.energy_of_representations(inputs[i : i + batch_size], targets[i : i + batch_size], context)[:, 0]
+            for i in range(0, inputs.shape[0], batch_size)
+        ]).reshape(batch, length - context)
+    else:
+        rows = max(1, batch_size // length)
+        energies = torch.cat([
+            model.energy_of_representations(online[i : i + rows], target[i : i + rows], context, window=memory)
+            for i in range(0, batch, rows)
+        ])
     out = torch.full((batch, length), float("nan"), device=online.device)
-    out[:, context:] = energies.reshape(batch, length - context)
+    out[:, context:] = energies
     return out
 
 
 @torch.no_grad()
 def sliding_prior_error(model: WorldModel, online: torch.Tensor, target: torch.Tensor, context: int, *,
-                        batch_size: int = 512) -> torch.Tensor:
-    """Prediction error of each frame from the `context` frames before it with z = the prior's mean (no z fitted
-    to the frame itself). (B, T, D) -> (B, T), nan for the first `context` frames."""
+                        memory: int | None = None) -> torch.Tensor:
+    """Prediction error of each frame t >= context from the frames before it (up to `memory`, default `context`)
+    with z at the prior's most likely value (no z fitted to the frame itself). (B, T, D) -> (B, T), nan for the
+    first `context` frames."""
     batch, length, _ = online.shape
     if not 1 <= context < length:
         raise ValueError(f"context must be in [1, {length - 1}] for clips of {length} frames, got {context}")
-    inputs, targets = _windows(online, context), _windows(target, context)
-    errors = []
-    for i in range(0, inputs.shape[0], batch_size):
-        chunk_in, chunk_tg = inputs[i : i + batch_size], targets[i : i + batch_size]
-        prediction, _ = model.rollout(chunk_in[:, :context], chunk_tg[:, context - 1], 1, deterministic=True)
-        errors.append(distance(prediction[:, 0], chunk_tg[:, context]))
+    memory = memory or context
     out = torch.full((batch, length), float("nan"), device=online.device)
-    out[:, context:] = torch.cat(errors).reshape(batch, length - context)
+    for t in range(context, length):
+        first = max(0, t - memory)
+        prediction, _ = model.rollout(online[:, first:t], target[:, t - 1], 1, deterministic=True, window=memory)
+        out[:, t] = distance(prediction[:, 0], target[:, t])
     return out
 
 

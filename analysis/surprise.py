@@ -1,7 +1,8 @@
 """Violation-of-expectation: is the model surprised by impossible events, and only by those?
 
-Surprise of frame t is computed from the `context` frames before it (a sliding window of fixed length, so every
-frame is judged with the same amount of past), two ways:
+Surprise of frame t (t >= `context`) is computed from the frames before it, up to `memory` of them (by default the
+longest past the predictor was trained on, so that a ball that went behind the occluder many frames ago is still in
+view of the judge), two ways:
 
     energy   the model's energy of frame t, z optimised for that frame: the cheaper of the posterior's code
              (+ refinement) with its capacity cost and the prior's code, which costs nothing
@@ -9,7 +10,8 @@ frame is judged with the same amount of past), two ways:
 
 A z that can explain anything would make impossible events cheap under `energy`; comparing it with `prior` is the
 leakage check. A third signal, `change` (the distance between consecutive target representations: the surprise of
-a model that expects nothing to change), is the baseline the predictor's surprise has to beat; note that an
+a model that expects nothing to change), and a fourth, `pixels` (the copy-last-frame control: the mean squared
+pixel change from the previous frame), are the baselines the predictor's surprise has to beat; note that an
 untrained model of this architecture is close to it, since its residual prediction starts from the last frame.
 Per clip, the mean and the max over frames t >= context are kept. Per property:
 
@@ -41,7 +43,7 @@ from . import inference
 from .metrics import auroc, cohens_h, matched_accuracy, paired_effect_size, pairwise_accuracy, peak_alignment
 from .probes import random_model
 
-SIGNALS = ("energy", "prior", "change")
+SIGNALS = ("energy", "prior", "change", "pixels")
 
 
 @dataclass
@@ -57,9 +59,12 @@ class SurpriseConfig:
     frames_after: int = 6
     """Frames after the earliest violation frame (clip length = context + 2 + frames_after + 1)."""
     context: int = 0
-    """Past frames each frame's surprise is predicted from (0: the model's context_frames). The scenes are drawn
-    for it: violations no earlier than frame context + 2, a ball behind the occluder hidden for at most context - 2
-    frames (`envs.voe.voe_config_for`). At most model.predictor.max_len - 1."""
+    """Surprise is scored from frame `context` on (0: the model's context_frames); violations come no earlier than
+    frame context + 2 (`envs.voe.voe_config_for`)."""
+    memory: int = 0
+    """Each frame's surprise is predicted from up to this many frames before it (0: the longest past the predictor
+    was trained on, `analysis.inference.trained_window`), so a model with memory can use what it saw before the
+    ball hid; the scenes hide a ball for up to memory - 2 frames (at most 8). At most model.predictor.max_len."""
     peak_tolerance: int = 2
     """A peak counts as aligned when it is 0..peak_tolerance frames after the violation frame."""
     examples: int = 2
@@ -68,20 +73,34 @@ class SurpriseConfig:
     """Root seed of the pairs and of the control models."""
 
 
-def clip_surprise(model: WorldModel, clips: np.ndarray, context: int, *, batch_size: int = 64
-                  ) -> dict[str, np.ndarray]:
-    """(P, T, H, W, 3) clips -> {"energy", "prior", "change"}: (P, T) each, nan before `context`."""
+def clip_surprise(model: WorldModel, clips: np.ndarray, context: int, *, memory: int | None = None,
+                  batch_size: int = 64) -> dict[str, np.ndarray]:
+    """(P, T, H, W, 3) clips -> {"energy", "prior", "change", "pixels"}: (P, T) each, nan before `context`."""
     out: dict[str, list[np.ndarray]] = {name: [] for name in SIGNALS}
     for start in range(0, clips.shape[0], batch_size):
         chunk = clips[start : start + batch_size]
         online, target = inference.encode(model, chunk), inference.encode(model, chunk, target=True)
-        out["energy"].append(inference.sliding_energy(model, online, target, context).cpu().double().numpy())
-        out["prior"].append(inference.sliding_prior_error(model, online, target, context).cpu().double().numpy())
+        out["energy"].append(inference.sliding_energy(model, online, target, context, memory=memory)
+                             .cpu().double().numpy())
+        out["prior"].append(inference.sliding_prior_error(model, online, target, context, memory=memory)
+                            .cpu().double().numpy())
         change = distance(target[:, 1:], target[:, :-1])  # (B, T-1): surprise of "nothing changes"
         change = torch.cat([torch.full_like(change[:, :1], float("nan")), change], 1)
         change[:, :context] = float("nan")
         out["change"].append(change.cpu().double().numpy())
+        out["pixels"].append(pixel_change(chunk, context))
     return {name: np.concatenate(values) for name, values in out.items()}
+
+
+def pixel_change(clips: np.ndarray, context: int) -> np.ndarray:
+    """The copy-last-frame control: mean squared pixel change from the previous frame, in [0, 1] units.
+    (P, T, H, W, 3) uint8 -> (P, T), nan before `context`. On public intuitive-physics benchmarks this baseline
+    matches published models where the event is in view; behind an occluder it has nothing to see."""
+    frames = clips.astype(np.float32) / 255.0
+    change = ((frames[:, 1:] - frames[:, :-1]) ** 2).mean(axis=(2, 3, 4)).astype(np.float64)  # (P, T-1)
+    out = np.concatenate([np.full_like(change[:, :1], np.nan), change], axis=1)
+    out[:, :context] = np.nan
+    return out
 
 
 def score_pairs(possible: np.ndarray, impossible: np.ndarray, violation: np.ndarray, groups: np.ndarray,
@@ -102,26 +121,27 @@ def score_pairs(possible: np.ndarray, impossible: np.ndarray, violation: np.ndar
     }
 
 
-def _evaluate_model(model: WorldModel, suite: dict[str, VoEPairs], context: int, config: SurpriseConfig
+def _evaluate_model(model: WorldModel, suite: dict[str, VoEPairs], context: int, memory: int, config: SurpriseConfig
                     ) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, dict[str, np.ndarray]]]:
     """metrics[property][signal] and curves[property][signal + '/possible' | '/impossible']."""
     model.eval()
     metrics, curves = {}, {}
     for name, pairs in suite.items():
-        possible = clip_surprise(model, pairs.possible, context)
-        impossible = clip_surprise(model, pairs.impossible, context)
+        possible = clip_surprise(model, pairs.possible, context, memory=memory)
+        impossible = clip_surprise(model, pairs.impossible, context, memory=memory)
         metrics[name] = {
             signal: score_pairs(possible[signal], impossible[signal], pairs.violation_frame, pairs.group, context,
                                 config.peak_tolerance)
             for signal in SIGNALS
         }
-        metrics[name]["by_kind"] = _by_kind(pairs, possible["energy"], impossible["energy"], context)
+        metrics[name]["by_kind"] = _by_kind(pairs, possible, impossible, context)
         curves[name] = {f"{s}/{kind}": clips[s] for s in SIGNALS
                         for kind, clips in (("possible", possible), ("impossible", impossible))}
     return metrics, curves
 
 
-def _by_kind(pairs: VoEPairs, possible: np.ndarray, impossible: np.ndarray, context: int) -> dict[str, dict]:
+def _by_kind(pairs: VoEPairs, possible: dict[str, np.ndarray], impossible: dict[str, np.ndarray], context: int
+             ) -> dict[str, dict]:
     """Energy accuracy / AUROC per kind of scene (the variant's last word: 'occluder' or 'view'), for properties
     built both behind the occluder and in view. Only the former needs a memory of the ball: in view, a vanishing,
     appearing or jumping ball is an abrupt change that even "nothing changes" flags."""
@@ -131,38 +151,47 @@ def _by_kind(pairs: VoEPairs, possible: np.ndarray, impossible: np.ndarray, cont
     out = {}
     for kind in sorted(set(kinds.tolist())):
         rows = kinds == kind
-        imp, pos = impossible[rows, context:], possible[rows, context:]
-        out[kind] = {
-            "pairwise_accuracy": matched_accuracy(np.nanmean(imp, 1), np.nanmean(pos, 1), pairs.group[rows]),
-            "auroc": auroc(np.nanmax(imp, 1), np.nanmax(pos, 1)),
-        }
+        out[kind] = {}
+        for signal, prefix in (("energy", ""), ("pixels", "pixels_")):  # the model, and the copy-last-frame control
+            imp, pos = impossible[signal][rows, context:], possible[signal][rows, context:]
+            out[kind].update({
+                f"{prefix}pairwise_accuracy": matched_accuracy(np.nanmean(imp, 1), np.nanmean(pos, 1),
+                                                               pairs.group[rows]),
+                f"{prefix}auroc": auroc(np.nanmax(imp, 1), np.nanmax(pos, 1)),
+            })
     return out
 
 
-def build_suite(balls: BallsConfig, context: int, config: SurpriseConfig) -> dict[str, VoEPairs]:
-    voe = voe_config_for(context, frames_after=config.frames_after)
+def build_suite(balls: BallsConfig, context: int, config: SurpriseConfig, *, memory: int | None = None
+                ) -> dict[str, VoEPairs]:
+    voe = voe_config_for(context, frames_after=config.frames_after, memory=memory)
     return {name: generate_pairs(balls, name, config.pairs, config.seed, voe) for name in config.properties}
 
 
 def run_surprise(model: WorldModel, balls: BallsConfig, config: SurpriseConfig | None = None, *,
-                 log=print) -> dict[str, object]:
-    """The VoE suite for a trained model and its random-init controls; JSON-able."""
+                 window: int | None = None, log=print) -> dict[str, object]:
+    """The VoE suite for a trained model and its random-init controls; JSON-able. window: the longest past the
+    predictor was trained on (`inference.trained_window`), the default for config.memory."""
     config = config or SurpriseConfig()
     unknown = [p for p in config.properties if p not in PROPERTIES]
     if unknown:
         raise ValueError(f"unknown VoE properties {unknown}; expected some of {', '.join(PROPERTIES)}")
     started = time.perf_counter()
     context = config.context or model.config.context_frames
+    memory = config.memory or min(max(window or context, context), model.config.predictor.max_len)
     if not 1 <= context < model.config.predictor.max_len:
         raise ValueError(f"surprise context {context}: the predictor reads 1 to model.predictor.max_len - 1 = "
                          f"{model.config.predictor.max_len - 1} frames")
-    suite = build_suite(balls, context, config)
+    if not context <= memory <= model.config.predictor.max_len:
+        raise ValueError(f"surprise memory {memory}: must be in [context={context}, model.predictor.max_len="
+                         f"{model.config.predictor.max_len}]")
+    suite = build_suite(balls, context, config, memory=memory)
     log(f"surprise: {len(suite)} properties x {config.pairs} pairs generated ({time.perf_counter() - started:.0f} s)")
-    trained, curves = _evaluate_model(model, suite, context, config)
+    trained, curves = _evaluate_model(model, suite, context, memory, config)
     log(f"surprise: trained model done ({time.perf_counter() - started:.0f} s)")
     controls = []
     for k in range(config.controls):
-        metrics, _ = _evaluate_model(random_model(model, config.seed + 1 + k), suite, context, config)
+        metrics, _ = _evaluate_model(random_model(model, config.seed + 1 + k), suite, context, memory, config)
         controls.append(metrics)
         log(f"surprise: control {k + 1}/{config.controls} done ({time.perf_counter() - started:.0f} s)")
 
@@ -208,6 +237,7 @@ def run_surprise(model: WorldModel, balls: BallsConfig, config: SurpriseConfig |
     return {
         "properties": properties,
         "context": context,
+        "memory": memory,
         "clip_length": int(next(iter(suite.values())).possible.shape[1]),
         "config": asdict(config),
         # The VoE suite's settings as drawn (envs.voe.VoEConfig), and per property the scenes slowed to fit.

@@ -729,11 +729,19 @@ def _paint_pair(painter: Painter, walls: tuple[Wall, ...], pair: Pair, voe: VoEC
     return clip_p, clip_i, t
 
 
-def voe_config_for(context: int, *, frames_after: int = 6, **overrides) -> VoEConfig:
-    """A suite config for a model that reads `context` frames: violations no earlier than context + 2, and a ball
-    surely hidden (rim included) for at most context - 2 frames. A rim so faint that it rounds to nothing can hide
-    it one frame more, so the window that judges the frame it should re-emerge in shows it going in at least once
-    and mostly twice (then its speed, hence when it is due out, is visible too)."""
-    start = context + 2
-    overrides.setdefault("max_hidden_frames", max(1, context - 2))
+MAX_HIDDEN_FRAMES = 8
+"""The longest a ball stays fully hidden in a suite drawn for a model with a long memory (the training data's
+occlusions: median 9 frames from the last clear view to the re-emergence)."""
+
+
+def voe_config_for(context: int, *, frames_after: int = 6, memory: int | None = None, **overrides) -> VoEConfig:
+    """A suite config for a model whose surprise is scored from frame `context` on, each frame judged from up to
+    `memory` frames before it (default `context`). A ball is surely hidden (rim included) for at most memory - 2
+    frames (at most MAX_HIDDEN_FRAMES), and violations come no earlier than context + 2 nor before the ball has
+    been in view for 4 frames more than it can hide, so the judge sees it clearly, going in, before it is due
+    out. A rim so faint that it rounds to nothing can hide it one frame more."""
+    memory = memory or context
+    hidden = max(1, min(memory - 2, MAX_HIDDEN_FRAMES)) if memory > context else max(1, context - 2)
+    start = max(context + 2, hidden + 4) if memory > context else context + 2
+    overrides.setdefault("max_hidden_frames", hidden)
     return VoEConfig(length=start + frames_after + 1, min_violation_frame=start, min_frames_after=3, **overrides)

@@ -505,10 +505,13 @@ class WorldModel(nn.Module):
         return summary, prior, self._infer(summary, prior, target[:, :-1], target[:, 1:])
 
     # ------------------------------------------------------------------ energy
-    def summaries(self, inputs: torch.Tensor, actions: torch.Tensor | None = None) -> torch.Tensor:
-        """h_t for every t of inputs (B, T, D) [+ actions (B, T, A)] -> (B, T, width), each from at most
-        model.predictor.max_len most recent inputs (the whole past when it fits, a sliding window past that)."""
-        length, window = inputs.shape[1], self.past.max_len
+    def summaries(self, inputs: torch.Tensor, actions: torch.Tensor | None = None, *,
+                  window: int | None = None) -> torch.Tensor:
+        """h_t for every t of inputs (B, T, D) [+ actions (B, T, A)] -> (B, T, width), each from at most `window`
+        (default and at most model.predictor.max_len) most recent inputs: the whole past when it fits, a sliding
+        window past that."""
+        length = inputs.shape[1]
+        window = self.past.max_len if window is None else min(window, self.past.max_len)
         if length <= window:
             return self.past(inputs, actions)
         cut = lambda x, a, b: None if x is None else x[:, a:b]  # noqa: E731
@@ -518,13 +521,14 @@ class WorldModel(nn.Module):
         return torch.cat(states, dim=1)
 
     def energy_of_representations(
-        self, inputs: torch.Tensor, targets: torch.Tensor, start: int, actions: torch.Tensor | None = None
+        self, inputs: torch.Tensor, targets: torch.Tensor, start: int, actions: torch.Tensor | None = None, *,
+        window: int | None = None,
     ) -> torch.Tensor:
         """Per-step energy of targets[:, start:] given everything before: (B, T - start).
 
         inputs: (B, T, D) representations fed to the predictor (online space); targets: (B, T, D) target-space
         representations the predictions start from and are compared with. Each step is predicted from the whole
-        past before it, up to model.predictor.max_len inputs (a sliding window past that).
+        past before it, up to `window` (default: model.predictor.max_len) inputs, a sliding window past that.
         Mixture latent: the energy of a step is its negative log-likelihood in nats, -log sum_k pi_k N(s̄; mu_k,
         sigma^2): the sum over z, exactly. Other latents: the smaller of two candidates for the min over z of
         distance + weight * capacity: the posterior's code, refined by `latent.infer_steps` gradient steps, and the
@@ -534,7 +538,7 @@ class WorldModel(nn.Module):
         if not 1 <= start < inputs.shape[1]:
             raise ValueError(f"start must be in [1, {inputs.shape[1] - 1}], got {start}")
         actions = self.prepare_actions(actions, inputs.shape[0], inputs.shape[1] - 1)
-        summary = self.summaries(inputs[:, :-1].float(), actions)[:, start - 1 :]
+        summary = self.summaries(inputs[:, :-1].float(), actions, window=window)[:, start - 1 :]
         current, next_target = targets[:, start - 1 : -1].float(), targets[:, start:].float()
         prior = self.latent.prior(summary)
         if self.config.latent.mixture:
