@@ -57,8 +57,8 @@ def futures_panel(
     true future; horizon = T - context.
 
     window: feed the predictor at most this many recent inputs (its training length, see
-    `analysis.inference.trained_window`); sample energies are then summed per frame over windows of `context`
-    frames. None: `WorldModel.sample_futures` over the whole sequence.
+    `analysis.inference.trained_window`); sample energies are then summed per frame, each judged from up to
+    `window` frames before it. None: `WorldModel.sample_futures` over the whole sequence.
 
     actions: (T, A) actions of the clip for an action-conditioned model (actions[t] was taken after frame t); the
     sampled futures follow the recorded actions, so they differ only where the world itself is uncertain."""
@@ -107,7 +107,7 @@ def _windowed_samples(model: WorldModel, context_frames: torch.Tensor, num_sampl
     predicted, _ = inference.rollout(model, online, target, horizon, window=window, generator=generator)
     # Like sample_futures: each sample's energy is that of its own trajectory (predictions fed back as inputs).
     inputs, targets = torch.cat([online, predicted], 1), torch.cat([target, predicted], 1)
-    energies = inference.sliding_energy(model, inputs, targets, context)[:, context:].sum(1)
+    energies = inference.sliding_energy(model, inputs, targets, context, memory=max(window, context))[:, context:].sum(1)
     return predicted, energies
 
 

@@ -156,6 +156,16 @@ def command_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     result = train(config)
     _print_result(result)
+    if result.rank == 0 and not result.interrupted and config.data.source == "bouncing_balls":
+        from analysis.demo import demo_videos
+        from analysis.inference import trained_window
+        from analysis.loading import load_model, simulator_config
+
+        model, model_dir = load_model(result.model_dir)
+        balls = simulator_config(model_dir, model.config.image_size)
+        for path in demo_videos(model.eval(), balls, result.out_dir / "samples",
+                                window=trained_window(model, model_dir), seed=config.run.seed):
+            print(f"sampled futures: {path} (+ .gif)")
     print(f"demo finished in {time.perf_counter() - started:.0f} s")
     return 0
 
