@@ -81,8 +81,10 @@ def test_surprise_command_logs_a_nested_analysis_run(run_dir, tmp_path):
     for key in ("pairwise_accuracy", "auroc", "peak_aligned", "control_accuracy_mean", "effect_size_h"):
         assert key in energy and 0.0 <= energy["pairwise_accuracy"] <= 1.0
     assert "prior" in result["properties"]["permanence"]
-    # The suite's scene settings as drawn: the debug simulator's balls keep the default occluder.
-    assert result["scenes"]["occluder_width"] == 0.3 and result["scenes"]["max_hidden_frames"] == 1
+    # The suite's scene settings as drawn: the debug simulator's balls keep the default occluder; each frame is
+    # judged from up to the trained window (3 + 3 - 1 = 5 frames), so a ball may hide up to 5 - 2 frames.
+    assert result["context"] == 3 and result["memory"] == 5
+    assert result["scenes"]["occluder_width"] == 0.3 and result["scenes"]["max_hidden_frames"] == 3
     assert (out / "surprise-energy.png").is_file() and (out / "voe.png").is_file()
 
     from mlflow.tracking import MlflowClient
@@ -107,7 +109,7 @@ def test_futures_command(run_dir, tmp_path):
     # More samples can only lower the best-of-N error.
     assert all(b5 <= b1 + 1e-12 for b1, b5 in zip(family["best_of_n"]["1"], family["best_of_n"]["5"]))
     assert set(result["z_leak"]["ordinary_clips"]) >= {"true/reduction", "shuffled/reduction", "leak_ratio"}
-    assert result["capacity"]["capacity"] == "kl" and result["capacity"]["capacity_used"] >= 0
+    assert result["capacity"]["capacity"] == "mixture" and result["capacity"]["capacity_used"] >= 0
     events = result["capacity_by_event"]
     assert sum(events[e]["share"] for e in ("fork", "kick", "quiet")) == pytest.approx(1.0)
     assert events["quiet"]["steps"] > 0 and events["quiet"]["capacity_mean"] >= 0
@@ -269,7 +271,8 @@ def test_latent_refit_bench_rebuilds_the_posterior_and_reports_every_kind_of_ste
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run(
         [sys.executable, str(root / "bench" / "latent_refit.py"), "--checkpoint", str(run_dir), "--steps", "3",
-         "--clips", "12", "--scenes", "4", "--threads", "1", "--horizon", "5", "model.latent.dim=3",
+         "--clips", "12", "--scenes", "4", "--threads", "1", "--horizon", "5", "model.latent.capacity=kl",
+             "model.latent.dim=3",
          "model.latent.posterior_input=scaled_innovation", "model.rollout_latent=teacher_forced"],
         capture_output=True, text=True, timeout=600, cwd=root,
     )

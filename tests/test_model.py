@@ -19,7 +19,10 @@ from worldmodel.regularizers import acceleration_loss, covariance_loss, effectiv
 
 @pytest.fixture
 def model_config():
-    return debug().model
+    # The kl regime (an amortised posterior, a KL capacity): these tests are about its maths. The mixture latent,
+    # the presets' default, has its own tests in test_mixture.py.
+    config = debug().model
+    return replace(config, latent=LatentConfig(capacity="kl", dim=4, hidden=64))
 
 
 @pytest.fixture
@@ -239,8 +242,8 @@ def test_corrupt_or_missing_checkpoint_gives_clear_error(model_config, tmp_path)
         WorldModel.load(tmp_path / "nothing-here")
     # Weights from a different architecture are named, not loaded.
     model.save(tmp_path / "a")
-    other = debug().model
-    other.encoder.dim = 24
+    other = replace(model_config)
+    other.encoder = replace(model_config.encoder, dim=24)
     WorldModel(other).save(tmp_path / "b")
     (tmp_path / "a" / "model.safetensors").write_bytes((tmp_path / "b" / "model.safetensors").read_bytes())
     with pytest.raises(CheckpointError, match="shape"):

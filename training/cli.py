@@ -146,10 +146,14 @@ def _sample_clips(args: argparse.Namespace, model, model_dir: Path, length: int)
     return clips
 
 
+DEMO_OVERRIDES = ("run.steps=300", "dynamics.steps=500", "dynamics.windows=2000", "data.num_clips=1000")
+
+
 def command_demo(args: argparse.Namespace) -> int:
     from .trainer import train
 
-    overrides = [f"run.out_dir={args.out}", *args.overrides]
+    # The small recipe, shortened to fit a few minutes of 2 CPU cores (the full recipe: `worldmodel train`).
+    overrides = [f"run.out_dir={args.out}", *DEMO_OVERRIDES, *args.overrides]
     if args.steps:
         overrides.append(f"run.steps={args.steps}")
     config = build_config("small", None, overrides)

@@ -294,7 +294,7 @@ def debug() -> TrainConfig:
             context_frames=3,
             encoder=EncoderConfig(channels=(16, 32, 32), dim=32, groups=8, keypoints=8),
             predictor=PredictorConfig(width=64, depth=2, heads=2, max_len=16),
-            latent=LatentConfig(dim=4, hidden=64),
+            latent=LatentConfig(capacity="mixture", classes=4, dim=1, hidden=64),
             decoder=DecoderConfig(channels=(32, 32, 16)),
         ),
         data=DataConfig(
@@ -334,7 +334,7 @@ def base() -> TrainConfig:
             context_frames=8,
             encoder=EncoderConfig(channels=(64, 128, 256, 256), dim=256, groups=16),
             predictor=PredictorConfig(width=384, depth=6, heads=6, max_len=32),
-            latent=LatentConfig(dim=16, hidden=384),
+            latent=LatentConfig(capacity="mixture", classes=16, dim=1, hidden=384),
             decoder=DecoderConfig(channels=(256, 128, 64, 32)),
         ),
         data=DataConfig(balls=scene_balls(64), num_clips=20000, clip_length=32, horizon=8,
