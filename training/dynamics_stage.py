@@ -36,14 +36,21 @@ def dynamics_parameters(model: WorldModel) -> list[torch.nn.Parameter]:
     return [p for name in TRAINED for p in getattr(model, name).parameters()]
 
 
+VALIDATION_SHARE = 8
+"""The stage also encodes windows // VALIDATION_SHARE windows of the validation split, to watch for overfitting."""
+
+
 @torch.no_grad()
-def encode_windows(model: WorldModel, config: TrainConfig, device: torch.device, *, batch_size: int = 64
-                   ) -> dict[str, torch.Tensor]:
-    """Online and target representations of `dynamics.windows` random training windows of the stage's length:
-    {"online", "target": (N, W, D) float32 on the device, "actions": (N, W - 1, A) when the source has them}."""
+def encode_windows(model: WorldModel, config: TrainConfig, device: torch.device, *, batch_size: int = 64,
+                   split: str = "train") -> dict[str, torch.Tensor]:
+    """Online and target representations of random windows of the stage's length (`dynamics.windows` of the
+    training split, or a VALIDATION_SHARE-th as many of the validation split): {"online", "target": (N, W, D)
+    float32 on the device, "actions": (N, W - 1, A) when the source has them}."""
     long_config = replace(config, data=replace(config.data, horizon=config.dynamics.horizon))
-    dataset = build_datasets(long_config).train
-    count = min(config.dynamics.windows, len(dataset))
+    datasets = build_datasets(long_config)
+    dataset = datasets.train if split == "train" else datasets.val
+    wanted = config.dynamics.windows if split == "train" else max(1, config.dynamics.windows // VALIDATION_SHARE)
+    count = min(wanted, len(dataset))
     picked = np.random.default_rng(config.run.seed + 7).choice(len(dataset), size=count, replace=False)
     was_training = model.training
     model.eval()
@@ -66,6 +73,7 @@ def train_dynamics(model: WorldModel, config: TrainConfig, device: torch.device,
     stage = config.dynamics
     started = time.perf_counter()
     cache = encode_windows(model, config, device)
+    held_out = encode_windows(model, config, device, split="val")
     encoded_s = time.perf_counter() - started
     parameters = dynamics_parameters(model)
     trained = {id(p) for p in parameters}
@@ -108,6 +116,7 @@ def train_dynamics(model: WorldModel, config: TrainConfig, device: torch.device,
                              "dynamics/optim/lr": schedule.get_last_lr()[0],
                              "dynamics/speed/steps_per_s": min(stage.log_every, done) / max(elapsed, 1e-9),
                              "dynamics/encode_s": encoded_s, "dynamics/windows": float(count)})
+                last.update(_validate(model, held_out))
                 if log is not None:
                     log(config.run.steps + done, last)
                 window_start = time.perf_counter()
@@ -115,3 +124,22 @@ def train_dynamics(model: WorldModel, config: TrainConfig, device: torch.device,
         for p in frozen:
             p.requires_grad_(True)
     return last
+
+
+@torch.no_grad()
+def _validate(model: WorldModel, held_out: dict[str, torch.Tensor], batch_size: int = 256) -> dict[str, float]:
+    """The stage's telemetry on the encoded validation windows (means over windows), keys `dynamics/val/...`."""
+    was_training = model.training
+    model.eval()
+    totals: dict[str, float] = {}
+    count = held_out["online"].shape[0]
+    for first in range(0, count, batch_size):
+        rows = slice(first, first + batch_size)
+        _, metrics = model.predictive_losses(held_out["online"][rows], held_out["target"][rows],
+                                             held_out["actions"][rows] if "actions" in held_out else None,
+                                             telemetry=True)
+        share = held_out["online"][rows].shape[0] / count
+        for name, value in metrics.items():
+            totals[name] = totals.get(name, 0.0) + value * share
+    model.train(was_training)
+    return {f"dynamics/val/{name}": value for name, value in totals.items()}

@@ -746,7 +746,8 @@ def _dynamics_stage(setup: TrainingSetup, out_dir: Path, tracker, result: TrainR
             if config.run.progress:
                 print(f"dynamics step {step - config.run.steps}/{config.dynamics.steps}: nll/dim "
                       f"{metrics.get('dynamics/likelihood/nll_per_dim', math.nan):.3f}, rollout error "
-                      f"{metrics.get('dynamics/error/rollout', math.nan):.4f}", flush=True)
+                      f"{metrics.get('dynamics/error/rollout', math.nan):.4f} (validation "
+                      f"{metrics.get('dynamics/val/error/rollout', math.nan):.4f})", flush=True)
 
         try:
             train_dynamics(setup.model, config, setup.device, log=log)
