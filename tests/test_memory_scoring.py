@@ -84,3 +84,19 @@ def test_surprise_memory_draws_scenes_for_it_and_reports_the_pixel_control(tmp_p
     entry = result["properties"]["permanence"]
     assert 0.0 <= entry["pixels"]["pairwise_accuracy"] <= 1.0
     assert "pixels_auroc" in entry["by_kind"]["occluder"]
+
+
+def test_demo_videos_show_a_fork_and_a_ball_that_went_behind_the_occluder(tmp_path):
+    from analysis.demo import demo_videos, occluder_clip
+    from envs.physics import BallsConfig
+    from training.config import scene_balls
+
+    balls = scene_balls(32)
+    clip, hidden = occluder_clip(balls.open_scene(), memory=12, seed=0)
+    assert clip.shape[1:] == (32, 32, 3) and 4 <= hidden < clip.shape[0] - 1
+    # The ball is in view before it hides: the frames before differ from the first hidden one outside the bar.
+    assert np.abs(clip[0].astype(int) - clip[hidden].astype(int)).sum() > 0
+    model = mixture_model()
+    paths = demo_videos(model, BallsConfig(image_size=32, bounce_kick_prob=1.0), tmp_path, window=10, samples=2)
+    assert [p.name for p in paths] == ["fork.mp4", "occluder.mp4"]
+    assert all(p.is_file() and p.with_suffix(".gif").is_file() for p in paths)
