@@ -71,7 +71,7 @@ def rollout(
     online, target: (B, C, D) observed representations. latents: optional (B, horizon, Z). Returns predictions
     (B, horizon, D) and the z's used (B, horizon, Z). With window >= C + horizon - 1 this is `model.rollout`.
     """
-    return model.rollout(online, target[:, -1], horizon, window=window, generator=generator,
+    return model.rollout(online, target, horizon, window=window, generator=generator,
                          deterministic=deterministic, latents=latents)
 
 
@@ -124,7 +124,7 @@ def sliding_prior_error(model: WorldModel, online: torch.Tensor, target: torch.T
     out = torch.full((batch, length), float("nan"), device=online.device)
     for t in range(context, length):
         first = max(0, t - memory)
-        prediction, _ = model.rollout(online[:, first:t], target[:, t - 1], 1, deterministic=True, window=memory)
+        prediction, _ = model.rollout(online[:, first:t], target[:, first:t], 1, deterministic=True, window=memory)
         out[:, t] = distance(prediction[:, 0], target[:, t])
     return out
 

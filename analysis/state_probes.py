@@ -255,7 +255,7 @@ def _predicted_state_probe(model: WorldModel, frames: np.ndarray, observations: 
         fit_features = pair_of(fit_reps[:, 0], fit_reps[:, 1]).cpu().double().numpy()
         clips = np.asarray(frames)[frame_index]  # (n, C + H, S, S, 3)
         online, target = inference.encode(model, clips[:, :context]), inference.encode(model, clips, target=True)
-        rolled, _ = model.rollout(online, target[:, context - 1], horizon, actions=acts, window=window,
+        rolled, _ = model.rollout(online, target[:, :context], horizon, actions=acts, window=window,
                                   deterministic=True)
     # Pairs of predicted frames (previous, current), the first 'previous' being the last real frame.
     sequence = torch.cat([target[:, context - 1 : context], rolled], dim=1)  # (n, horizon + 1, D)

@@ -170,7 +170,7 @@ def main() -> int:
     future_target = inference.encode(model, happened, target=True)  # (S, H, D)
     deterministic, _ = inference.rollout(model, context_online, context_target, horizon, window=window,
                                          deterministic=True)
-    guided = _posterior_rollout(model, context_online, context_target[:, -1], future_target, window)
+    guided = _posterior_rollout(model, context_online, context_target, future_target, window)
     generator = torch.Generator(device=model.device).manual_seed(futures.seed)
     sampled, _ = inference.rollout(model, context_online.repeat_interleave(n, 0),
                                    context_target.repeat_interleave(n, 0), horizon, window=window,
@@ -284,21 +284,21 @@ def _roll_linear(weights, before, last, horizon: int):
     return torch.stack(out, dim=1)
 
 
-def _posterior_rollout(model, context_online, last_target, future_target, window: int):
+def _posterior_rollout(model, context_online, context_target, future_target, window: int):
     """Open loop whose z at each step is the posterior's code given the rollout's own past and the true next frame:
-    context_online (B, C, D), last_target (B, D), future_target (B, H, D) -> predictions (B, H, D)."""
+    context_online (B, C, D), context_target (B, C, D), future_target (B, H, D) -> predictions (B, H, D)."""
     import torch
 
     from analysis import inference
 
-    sequence, base, out = context_online, last_target, []
+    sequence, history, out = context_online, context_target, []
     with torch.no_grad():
         for k in range(future_target.shape[1]):
             inputs = sequence[:, -window:]
-            z = inference.posterior_code(model, inputs, base, future_target[:, k])
-            step, _ = model.rollout(inputs, base, 1, latents=z[:, None])
-            base = step[:, 0]
-            out.append(base)
+            z = inference.posterior_code(model, inputs, history, future_target[:, k])
+            step, _ = model.rollout(inputs, history, 1, latents=z[:, None])
+            out.append(step[:, 0])
+            history = torch.cat([history, step.to(history.dtype)], dim=1)
             sequence = torch.cat([sequence, step.to(sequence.dtype)], dim=1)
     return torch.stack(out, dim=1)
 

@@ -189,3 +189,32 @@ def test_dynamics_window_is_checked_against_the_predictor():
     config.dynamics.steps, config.dynamics.horizon = 10, config.model.predictor.max_len
     with pytest.raises(ValueError, match="dynamics window"):
         config.validate()
+
+
+def test_least_squares_trend_known_values():
+    from worldmodel.predictor import extrapolated, extrapolated_last, least_squares_slope
+
+    line = torch.tensor([0.0, 2.0, 4.0, 6.0]).view(1, 4, 1)  # slope 2
+    assert float(least_squares_slope(line[0])) == pytest.approx(2.0)
+    # Each point plus the slope through its last (up to) 3 points: a line continues exactly.
+    assert extrapolated(line, 3).flatten().tolist() == pytest.approx([0.0, 4.0, 6.0, 8.0])
+    assert float(extrapolated_last(line, 3)) == pytest.approx(8.0)
+    zigzag = torch.tensor([0.0, 1.0, 0.0, 1.0]).view(1, 4, 1)
+    assert float(extrapolated_last(zigzag, 4)) == pytest.approx(1.0 + 0.2)  # slope of the fit: 0.2
+    assert torch.equal(extrapolated(zigzag, 0), zigzag) and torch.equal(extrapolated(zigzag, 1), zigzag)
+
+
+def test_rollout_with_a_trend_continues_a_constant_velocity_when_the_residual_is_zero():
+    config = mixture_config()
+    config.predictor.trend_frames = 3
+    model = WorldModel(config).eval()
+    for p in model.transition.net[-1].parameters():
+        torch.nn.init.zeros_(p)  # f = 0: the prediction is the extrapolated base itself
+    steps = torch.arange(5).float().view(1, 5, 1)
+    history = steps * torch.linspace(-0.1, 0.1, config.encoder.dim).view(1, 1, -1)  # (1, 5, D), a constant move
+    predicted, _ = model.rollout(history, history, 4, deterministic=True)
+    expected = torch.arange(5, 9).float().view(1, 4, 1) * torch.linspace(-0.1, 0.1, config.encoder.dim)
+    assert torch.allclose(predicted, expected, atol=1e-5)
+    # With only the last frame given, the trend builds up from the predictions: it stands still.
+    still, _ = model.rollout(history, history[:, -1], 3, deterministic=True)
+    assert torch.allclose(still, history[:, -1:].expand(1, 3, -1), atol=1e-5)

@@ -63,6 +63,13 @@ class PredictorConfig:
     something attention has to compute from two tokens: with frames alone, a 2,000-step small model predicted
     the next target representation worse than extrapolating the last two at constant velocity did (0.0101 vs
     0.0069 per dim). Saved models that predate this field were built without it and load as such."""
+    trend_frames: int = 0
+    """Where the transition starts from: the last representation plus its least-squares trend over the last
+    `trend_frames` representations (inertia: what keeps moving keeps moving), so the learned residual f(h_t, z_t)
+    only says what changes that (a bounce, a kick, a fork's way). 0 or 1: the last representation alone (saved
+    models that predate this field were built so). Measured on a trained small encoder: extrapolating the
+    representation by its 4-frame trend put straight-moving balls 0.021 from their true position at h = 10 (the
+    learned transition without it: 0.27; copy-last 0.28)."""
     keypoint_dynamics: bool = False
     """Move the encoder's passed-through keypoint coordinates (the first 2K representation dimensions) with one
     small MLP shared by all K keypoints, instead of with the transition's MLP over the whole summary. Each keypoint's
@@ -288,6 +295,8 @@ class ModelConfig:
             )
         if self.decoder.train_frames < 0:
             raise ValueError(f"model.decoder.train_frames must be >= 0 (0: every frame), got {self.decoder.train_frames}")
+        if self.predictor.trend_frames < 0:
+            raise ValueError(f"model.predictor.trend_frames must be >= 0, got {self.predictor.trend_frames}")
         if self.context_frames < 1:
             raise ValueError(f"model.context_frames must be >= 1, got {self.context_frames}")
         if self.context_frames >= self.predictor.max_len:

@@ -30,7 +30,7 @@ from .decoder import PixelDecoder
 from .encoder import FrameEncoder
 from .latent import Categorical, Gaussian, Latent
 from .likelihood import categorical_information, mixture_log_likelihood, one_hot_codes
-from .predictor import PastEncoder, TransitionHead
+from .predictor import PastEncoder, TransitionHead, extrapolated, extrapolated_last
 
 
 @dataclass
@@ -168,7 +168,9 @@ class WorldModel(nn.Module):
         """Open-loop prediction: each prediction is fed back as the next input.
 
         context: (B, C, D) online representations of the observed frames; last_target: (B, D) the target
-        representation of the last observed frame (the base the first residual prediction starts from).
+        representation of the last observed frame (the base the first residual prediction starts from), or
+        (B, C', D) the target representations of the last C' observed frames, whose trend the transition
+        continues (model.predictor.trend_frames; with (B, D) the trend builds up from the predictions).
         latents: (B, horizon, Z) to use given z's; otherwise z is drawn from the prior (its mean if
         deterministic). actions: (B, C + horizon - 1, A) for an action-conditioned model, aligned with frames.
         window: feed the predictor at most this many most recent inputs per step (the sequence length it was
@@ -193,7 +195,9 @@ class WorldModel(nn.Module):
         the rollout's own summary. Returns (predictions (B, horizon, D), latents (B, horizon, Z))."""
         # Never more inputs than the predictor has positions: past that, the most recent ones are kept.
         window = self.past.max_len if window is None else min(window, self.past.max_len)
-        sequence, base = context, last_target
+        trend = self.config.predictor.trend_frames
+        history = last_target if last_target.ndim == 3 else last_target.unsqueeze(1)  # (B, C', D) target space
+        sequence = context
         predictions, used = [], []
         for k in range(horizon):
             known = sequence.shape[1]
@@ -201,12 +205,20 @@ class WorldModel(nn.Module):
             step_actions = None if actions is None else actions[:, first:known]
             # (B, width): h at the last known/predicted frame
             summary = self.past(sequence[:, first:], step_actions)[:, -1]
+            base = extrapolated_last(history, trend)  # (B, D): where the last frame goes if it keeps moving
             z = pick(k, summary, base)
-            base = self.transition(summary, z, base)  # (B, D)
-            predictions.append(base)
+            prediction = self.transition(summary, z, base)  # (B, D)
+            predictions.append(prediction)
             used.append(z)
-            sequence = torch.cat([sequence, base.unsqueeze(1).to(sequence.dtype)], dim=1)
+            sequence = torch.cat([sequence, prediction.unsqueeze(1).to(sequence.dtype)], dim=1)
+            keep = max(trend - 1, 0)  # the trend of the next step reads the last `trend` frames
+            history = torch.cat([history[:, history.shape[1] - keep :], prediction.unsqueeze(1).to(history.dtype)], 1)
         return torch.stack(predictions, dim=1), torch.stack(used, dim=1)
+
+    def bases(self, history: torch.Tensor) -> torch.Tensor:
+        """Where each step's prediction starts from, given target representations (B, T, D): s̄_t plus its trend
+        over the last model.predictor.trend_frames frames (s̄_t itself when that is 0 or 1). (B, T, D)."""
+        return extrapolated(history, self.config.predictor.trend_frames)
 
     def _training_rollout(self, online: torch.Tensor, target: torch.Tensor, teacher_z: torch.Tensor,
                           actions: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -241,7 +253,7 @@ class WorldModel(nn.Module):
             costs.append(self.latent.cost(posterior.mean, posterior.std, prior))
             return self.latent.training_code(posterior)
 
-        predictions, _ = self._unroll(online[:, :context], target[:, context - 1], future.shape[1], pick,
+        predictions, _ = self._unroll(online[:, :context], target[:, :context], future.shape[1], pick,
                                       actions=actions, window=None)
         return predictions, torch.stack(costs, dim=1) if costs else None
 
@@ -334,7 +346,7 @@ class WorldModel(nn.Module):
             return self._mixture_losses(online, target, actions, telemetry=telemetry)
         # Predict s̄_{t+1} from s_{<=t}; the residual starts from s̄_t, so predictions live in target space and
         # the encoder is shaped only through the summary h_t (the JEPA way: no gradient through targets).
-        current, next_target = target[:, :-1], target[:, 1:]
+        current, next_target = self.bases(target[:, :-1]), target[:, 1:]
         summary, prior, posterior = self._teacher_forced(online, target, actions)
         z = self.latent.training_code(posterior)  # (B, T-1, Z)
         prediction = self.transition(summary, z, current)  # (B, T-1, D)
@@ -379,7 +391,7 @@ class WorldModel(nn.Module):
         between prediction and the anti-collapse terms on the encoder stays where it was tuned, and shrinking sigma
         does not turn up the encoder's learning rate."""
         context, dim = self.config.context_frames, online.shape[-1]
-        current, next_target = target[:, :-1], target[:, 1:]
+        last, current, next_target = target[:, :-1], self.bases(target[:, :-1]), target[:, 1:]
         summary = self.past(online[:, :-1], actions)  # (B, T-1, width)
         prior = self.latent.prior(summary)
         log_likelihood, responsibilities, means = self._mixture(summary, prior, current, next_target)  # (B, T-1)
@@ -403,7 +415,7 @@ class WorldModel(nn.Module):
             metrics = {
                 "error/prediction": float(distance(posterior_prediction, next_target).mean()),
                 "error/prior_mean_prediction": float(distance(prior_prediction, next_target).mean()),
-                "error/copy_last": float(distance(current, next_target).mean()),
+                "error/copy_last": float(distance(last, next_target).mean()),
                 "error/rollout": float(distance(rolled, target[:, context:]).mean()),
                 "latent/capacity": float(information.mean()),
                 "latent/rollout_nll_per_dim": float(-rolled_log_likelihood.mean() / dim),
@@ -442,7 +454,7 @@ class WorldModel(nn.Module):
         samples, context = self.config.best_of_samples, self.config.context_frames
         repeat = lambda x: x.repeat_interleave(samples, dim=0)  # noqa: E731  (B, ...) -> (B*N, ...)
         sampled, _ = self.rollout(
-            repeat(online[:, :context]), repeat(target[:, context - 1]), online.shape[1] - context,
+            repeat(online[:, :context]), repeat(target[:, :context]), online.shape[1] - context,
             actions=None if actions is None else repeat(actions),
         )  # (B*N, T - C, D), z ~ p(z | h) at each step, reparameterised
         errors = distance(sampled, repeat(target[:, context:])).mean(-1)  # (B*N,)
@@ -460,7 +472,8 @@ class WorldModel(nn.Module):
         """q(z | past, next frame) for the step after `inputs`: inputs (B, C, D) online representations,
         next_target (B, D) the target representation of the next frame; actions (B, C, A) when conditioned.
         last_target (B, D), the target representation of the last input frame (the base the prediction starts
-        from), is required by a posterior that sees the innovation (model.latent.posterior_input)."""
+        from), or (B, T', D) those of the last T' input frames (their trend moves the base on, see
+        model.predictor.trend_frames), is required by a mixture and by a posterior that sees the innovation."""
         if self.config.latent.mixture and last_target is None:
             raise ValueError("this model's posterior is the mixture's exact one: pass last_target, the target "
                              "representation of the last input frame (the components' base)")
@@ -470,7 +483,10 @@ class WorldModel(nn.Module):
                              "of the last input frame")
         actions = self.prepare_actions(actions, inputs.shape[0], inputs.shape[1])
         summary = self.past(inputs.float(), actions)[:, -1]
-        current = None if last_target is None else last_target.float()
+        current = None
+        if last_target is not None:
+            history = last_target.float() if last_target.ndim == 3 else last_target.float().unsqueeze(1)
+            current = extrapolated_last(history, self.config.predictor.trend_frames)
         return self._infer(summary, self.latent.prior(summary), current, next_target.float())
 
     def _infer(self, summary: torch.Tensor, prior: Gaussian, current: torch.Tensor | None,
@@ -502,7 +518,7 @@ class WorldModel(nn.Module):
         (B, T, D): the predictor reads the true frames <= t, the posterior is shown target t+1."""
         summary = self.past(online[:, :-1], actions)
         prior = self.latent.prior(summary)
-        return summary, prior, self._infer(summary, prior, target[:, :-1], target[:, 1:])
+        return summary, prior, self._infer(summary, prior, self.bases(target[:, :-1]), target[:, 1:])
 
     # ------------------------------------------------------------------ energy
     def summaries(self, inputs: torch.Tensor, actions: torch.Tensor | None = None, *,
@@ -539,7 +555,8 @@ class WorldModel(nn.Module):
             raise ValueError(f"start must be in [1, {inputs.shape[1] - 1}], got {start}")
         actions = self.prepare_actions(actions, inputs.shape[0], inputs.shape[1] - 1)
         summary = self.summaries(inputs[:, :-1].float(), actions, window=window)[:, start - 1 :]
-        current, next_target = targets[:, start - 1 : -1].float(), targets[:, start:].float()
+        current = self.bases(targets[:, :-1].float())[:, start - 1 :]
+        next_target = targets[:, start:].float()
         prior = self.latent.prior(summary)
         if self.config.latent.mixture:
             log_likelihood, _, _ = self._mixture(summary, prior, current, next_target)
@@ -610,7 +627,7 @@ class WorldModel(nn.Module):
             actions = actions.repeat_interleave(num_samples, dim=0)  # (B*N, C+H-1, A)
         target_context = self.encode_target(context_frames).repeat_interleave(num_samples, dim=0)
         predictions, latents = self.rollout(
-            repeated, target_context[:, -1], horizon, generator=generator, deterministic=deterministic,
+            repeated, target_context, horizon, generator=generator, deterministic=deterministic,
             actions=actions,
         )
         inputs = torch.cat([repeated, predictions], dim=1)  # (B*N, C+H, D)

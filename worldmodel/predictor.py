@@ -168,3 +168,38 @@ class KeypointMotion(nn.Module):
             shared.unsqueeze(-2).expand(*shared.shape[:-1], k, self.CONTEXT),
         ], dim=-1)  # (..., K, 2 + 4 + IDENTITY + CONTEXT)
         return rearrange(self.net(tokens), "... k xy -> ... (k xy)")
+
+
+def least_squares_slope(window: torch.Tensor) -> torch.Tensor:
+    """(..., n, D) points at equal time steps -> (..., D) slope of the least-squares line through them (0 if n = 1)."""
+    n = window.shape[-2]
+    if n < 2:
+        return torch.zeros_like(window[..., 0, :])
+    tau = torch.arange(n, device=window.device, dtype=window.dtype) - (n - 1) / 2  # centred times
+    return (tau[:, None] * window).sum(-2) / tau.pow(2).sum()
+
+
+def extrapolated(history: torch.Tensor, frames: int) -> torch.Tensor:
+    """(B, T, D) -> (B, T, D): each x_t plus the least-squares slope of x over its last min(frames, t + 1) points,
+    i.e. where x goes next if it keeps moving as it has (the transition's starting point: see
+    PredictorConfig.trend_frames). frames < 2: x_t itself."""
+    if frames < 2:
+        return history
+    length = history.shape[1]
+    slopes = torch.zeros_like(history)
+    for n in range(2, min(frames, length) + 1):
+        windows = rearrange(history.unfold(1, n, 1), "b t d n -> b t n d")  # (B, T - n + 1, n, D)
+        slope = least_squares_slope(windows)  # the line through the n points ending at t = n - 1 + index
+        if n < frames:
+            slopes[:, n - 1] = slope[:, 0]  # only position n - 1 has exactly n points behind it
+        else:
+            slopes[:, n - 1 :] = slope  # every later position uses the last `frames` points
+    return history + slopes
+
+
+def extrapolated_last(history: torch.Tensor, frames: int) -> torch.Tensor:
+    """(B, T, D) -> (B, D): `extrapolated` at the last time step only."""
+    if frames < 2:
+        return history[:, -1]
+    window = history[:, -frames:]
+    return window[:, -1] + least_squares_slope(window)
