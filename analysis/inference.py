@@ -132,8 +132,9 @@ def sliding_prior_error(model: WorldModel, online: torch.Tensor, target: torch.T
 @torch.no_grad()
 def posterior_code(model: WorldModel, inputs: torch.Tensor, last_target: torch.Tensor,
                    next_target: torch.Tensor) -> torch.Tensor:
-    """The posterior's code for z (its most likely value: the mean, or a categorical's one-hot mode) given past
-    inputs (B, C, D), the target representation of the last input frame (B, D) and that of the next frame (B, D)."""
+    """The posterior's code for z (its most likely value: the mean, or a one-hot mode) given past inputs (B, C, D),
+    the target representation of the last input frame (B, D) or of the last few (B, C', D: their trend moves the
+    transition's base on, model.predictor.trend_frames), and that of the next frame (B, D)."""
     return model.posterior(inputs, next_target, last_target=last_target).code
 
 

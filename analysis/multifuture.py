@@ -262,12 +262,13 @@ def reveal_step(model: WorldModel, context_online: torch.Tensor, context_target:
         rows = torch.as_tensor(np.flatnonzero(reveal == r))
         # (n, C + r, D): the shared frames, way 0's copy of the future before r
         inputs = torch.cat([context_online[rows], futures_online[rows, 0, :r]], 1)[:, -window:]
-        last = torch.cat([context_target[rows], futures_target[rows, 0, :r]], 1)[:, -1]
+        history = torch.cat([context_target[rows], futures_target[rows, 0, :r]], 1)  # (n, C + r, D) target space
+        last = model.bases(history)[:, -1]  # where the transition starts from (the last frame, moved on by its trend)
         summary = model.past(inputs)[:, -1]
         prior = model.latent.prior(summary)
         expected = model.transition(summary, prior.code, last)
         targets = futures_target[rows, :, r]  # (n, K, D)
-        codes = torch.stack([model.posterior(inputs, targets[:, w], last_target=last).code for w in range(k)], 1)
+        codes = torch.stack([model.posterior(inputs, targets[:, w], last_target=history).code for w in range(k)], 1)
         repeat = lambda x: x.unsqueeze(1).expand(-1, k, *x.shape[1:])  # noqa: E731  (n, ...) -> (n, K, ...)
         posterior_prediction = model.transition(repeat(summary), codes, repeat(last))
         out["prior_mean_error"].append(distance(repeat(expected), targets).mean(1))
@@ -402,7 +403,7 @@ def z_leak(model: WorldModel, online: torch.Tensor, target: torch.Tensor, step: 
     true reduction is below LEAK_MIN_REDUCTION.
     """
     inputs = online[:, max(0, step - window) : step]
-    last = target[:, step - 1]
+    last = target[:, max(0, step - window) : step]  # the targets the transition's base and trend come from
     true_next = target[:, step]
     order = torch.randperm(online.shape[0], generator=torch.Generator().manual_seed(seed))
     # A derangement would be cleaner; a clip paired with itself only dilutes the shuffled case toward the true one.

@@ -193,3 +193,20 @@ def test_cli_train_and_sample(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "missing" in done.stderr and "Traceback" not in done.stderr
     np.testing.assert_array_less(0, video.std())  # not a blank video
+
+
+def test_a_run_stopped_before_its_dynamics_stage_resumes_into_it_and_ends_where_an_uninterrupted_run_ends(tmp_path):
+    settings = ("run.steps=12", "run.checkpoint_every=12", "run.tracking=none", "run.sample_video=false",
+                "run.eval_batches=1", "data.num_clips=24", "dynamics.horizon=6", "dynamics.windows=48",
+                "dynamics.batch_size=16", "dynamics.log_every=4")
+    whole = train(debug_config(tmp_path / "a", *settings, "dynamics.steps=8"))
+    assert [entry["step"] for entry in whole.history if "dynamics/loss/total" in entry] == [16, 20]
+    # The same run killed after the end-to-end stage (as if during the dynamics stage), then resumed.
+    first = train(debug_config(tmp_path / "b", *settings, "dynamics.steps=0"))
+    assert first.steps == 12
+    resumed = train(debug_config(tmp_path / "b", *settings, "dynamics.steps=8"), resume=True)
+    a = WorldModel.load(whole.model_dir).state_dict()
+    b = WorldModel.load(resumed.model_dir).state_dict()
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    records = [json.loads(line) for line in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "dynamics/loss/total" in r] == [16, 20]
