@@ -166,6 +166,7 @@ def test_dynamics_stage_trains_only_the_dynamics_on_long_windows(tmp_path):
     config.run.out_dir = str(tmp_path / "run")
     config.dynamics.steps, config.dynamics.horizon, config.dynamics.windows = 60, 8, 128
     config.dynamics.batch_size, config.dynamics.log_every, config.dynamics.lr = 32, 20, 2e-3
+    config.model.predictor.trend_frames, config.dynamics.trend_frames = 0, 3
     config.validate()
     model = WorldModel(config.model)
     cache = encode_windows(model, config, torch.device("cpu"))
@@ -182,6 +183,7 @@ def test_dynamics_stage_trains_only_the_dynamics_on_long_windows(tmp_path):
     assert all(p.requires_grad for p in model.encoder.parameters())  # unfrozen again for the caller
     assert not any(p.requires_grad for p in model.target_encoder.parameters())
     assert len(dynamics_parameters(model)) > 0
+    assert model.config.predictor.trend_frames == 3  # the stage switched the transition's trend on
 
 
 def test_dynamics_window_is_checked_against_the_predictor():

@@ -71,6 +71,8 @@ def train_dynamics(model: WorldModel, config: TrainConfig, device: torch.device,
     """Run the stage on `model` in place; log(step, metrics) is called every dynamics.log_every steps (step counts
     on from run.steps). Returns the last logged metrics."""
     stage = config.dynamics
+    if stage.trend_frames > 0:
+        model.config.predictor.trend_frames = stage.trend_frames  # the transition continues the trend from here on
     started = time.perf_counter()
     cache = encode_windows(model, config, device)
     held_out = encode_windows(model, config, device, split="val")
