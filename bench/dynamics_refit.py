@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -61,7 +62,12 @@ def main() -> int:
     model.load_state_dict(kept, strict=False)
 
     started, load = time.perf_counter(), os.getloadavg()[0]
-    metrics = train_dynamics(model, config, torch.device("cpu"))
+    def progress(step: int, logged: dict[str, float]) -> None:
+        print(f"step {step - config.run.steps}/{config.dynamics.steps}: open-loop error "
+              f"{logged.get('dynamics/error/rollout', float('nan')):.4f}, validation "
+              f"{logged.get('dynamics/val/error/rollout', float('nan')):.4f}", file=sys.stderr, flush=True)
+
+    metrics = train_dynamics(model, config, torch.device("cpu"), log=progress)
     seconds = time.perf_counter() - started
     out = Path(args.out)
     model.save(out / "model", step=config.run.steps + config.dynamics.steps)
