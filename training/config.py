@@ -299,7 +299,7 @@ def debug() -> TrainConfig:
             image_size=32,
             context_frames=3,
             encoder=EncoderConfig(channels=(16, 32, 32), dim=32, groups=8, keypoints=8),
-            predictor=PredictorConfig(width=64, depth=2, heads=2, max_len=16, trend_frames=3),
+            predictor=PredictorConfig(width=64, depth=2, heads=2, max_len=16),
             latent=LatentConfig(capacity="mixture", classes=4, dim=1, hidden=64),
             decoder=DecoderConfig(channels=(32, 32, 16)),
         ),
