@@ -107,7 +107,8 @@ def _windowed_samples(model: WorldModel, context_frames: torch.Tensor, num_sampl
     predicted, _ = inference.rollout(model, online, target, horizon, window=window, generator=generator)
     # Like sample_futures: each sample's energy is that of its own trajectory (predictions fed back as inputs).
     inputs, targets = torch.cat([online, predicted], 1), torch.cat([target, predicted], 1)
-    energies = inference.sliding_energy(model, inputs, targets, context, memory=max(window, context))[:, context:].sum(1)
+    energies = inference.sliding_energy(model, inputs, targets, context, memory=max(window, context))
+    energies = energies[:, context:].sum(1)
     return predicted, energies
 
 

@@ -294,7 +294,9 @@ class ModelConfig:
                 f"stages (0..{stages - 1}, or negative from the end)"
             )
         if self.decoder.train_frames < 0:
-            raise ValueError(f"model.decoder.train_frames must be >= 0 (0: every frame), got {self.decoder.train_frames}")
+            raise ValueError(
+                f"model.decoder.train_frames must be >= 0 (0: every frame), got {self.decoder.train_frames}"
+            )
         if self.predictor.trend_frames < 0:
             raise ValueError(f"model.predictor.trend_frames must be >= 0, got {self.predictor.trend_frames}")
         if self.context_frames < 1:

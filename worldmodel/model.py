@@ -408,7 +408,9 @@ class WorldModel(nn.Module):
         if not telemetry:
             return losses, {}
         with torch.no_grad():
-            pick = lambda index: means.gather(-2, index[..., None, None].expand(*index.shape, 1, dim))[..., 0, :]  # noqa: E731
+            def pick(index: torch.Tensor) -> torch.Tensor:  # (B, T-1) component indices -> (B, T-1, D) means
+                return means.gather(-2, index[..., None, None].expand(*index.shape, 1, dim))[..., 0, :]
+
             posterior_prediction = pick(responsibilities.argmax(-1))
             prior_prediction = pick(prior.probs[..., 0, :].argmax(-1))
             information = categorical_information(responsibilities, prior.probs[..., 0, :])
