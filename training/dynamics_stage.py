@@ -36,18 +36,23 @@ def dynamics_parameters(model: WorldModel) -> list[torch.nn.Parameter]:
     return [p for name in TRAINED for p in getattr(model, name).parameters()]
 
 
+def long_windows(config: TrainConfig):
+    """Train/validation datasets of the stage's windows (context_frames + dynamics.horizon frames)."""
+    return build_datasets(replace(config, data=replace(config.data, horizon=config.dynamics.horizon)))
+
+
 VALIDATION_SHARE = 8
 """The stage also encodes windows // VALIDATION_SHARE windows of the validation split, to watch for overfitting."""
 
 
 @torch.no_grad()
 def encode_windows(model: WorldModel, config: TrainConfig, device: torch.device, *, batch_size: int = 64,
-                   split: str = "train") -> dict[str, torch.Tensor]:
+                   split: str = "train", datasets=None) -> dict[str, torch.Tensor]:
     """Online and target representations of random windows of the stage's length (`dynamics.windows` of the
     training split, or a VALIDATION_SHARE-th as many of the validation split): {"online", "target": (N, W, D)
-    float32 on the device, "actions": (N, W - 1, A) when the source has them}."""
-    long_config = replace(config, data=replace(config.data, horizon=config.dynamics.horizon))
-    datasets = build_datasets(long_config)
+    float32 on the device, "actions": (N, W - 1, A) when the source has them}. datasets: the stage's
+    (`long_windows(config)`), built here when not given."""
+    datasets = datasets or long_windows(config)
     dataset = datasets.train if split == "train" else datasets.val
     wanted = config.dynamics.windows if split == "train" else max(1, config.dynamics.windows // VALIDATION_SHARE)
     count = min(wanted, len(dataset))
@@ -74,8 +79,9 @@ def train_dynamics(model: WorldModel, config: TrainConfig, device: torch.device,
     if stage.trend_frames > 0:
         model.config.predictor.trend_frames = stage.trend_frames  # the transition continues the trend from here on
     started = time.perf_counter()
-    cache = encode_windows(model, config, device)
-    held_out = encode_windows(model, config, device, split="val")
+    datasets = long_windows(config)
+    cache = encode_windows(model, config, device, datasets=datasets)
+    held_out = encode_windows(model, config, device, split="val", datasets=datasets)
     encoded_s = time.perf_counter() - started
     parameters = dynamics_parameters(model)
     trained = {id(p) for p in parameters}

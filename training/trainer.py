@@ -177,6 +177,9 @@ class TrainingSetup:
     scaler: torch.amp.GradScaler | None
     compiled: bool
     parameters: list[nn.Parameter]
+    clip_groups: tuple[list[nn.Parameter], list[nn.Parameter]] = ((), ())
+    """(world model, pixel decoder) parameters, gradient-clipped separately: the decoder's reconstruction gradients
+    are large early on and, in one global norm, would scale down every step of the world model they never touch."""
 
 
 def build_setup(config: TrainConfig, context: DistContext, device: torch.device) -> TrainingSetup:
@@ -200,8 +203,10 @@ def build_setup(config: TrainConfig, context: DistContext, device: torch.device)
         # all-reduces still overlap the backward pass. Compilation itself happens lazily, on the first step.
         module.compile(mode=run.compile_mode)
     parameters = [p for p in model.parameters() if p.requires_grad]
+    decoder = {id(p) for p in model.decoder.parameters()}
+    clip_groups = ([p for p in parameters if id(p) not in decoder], [p for p in parameters if id(p) in decoder])
     return TrainingSetup(config, context, device, precision, model, module, optimizer, schedule, scaler, compiled,
-                         parameters)
+                         parameters, clip_groups)
 
 
 @dataclass
@@ -246,11 +251,8 @@ def train_step(
         loss.backward()
     clip = setup.config.optim.grad_clip
     limit = clip if clip > 0 else math.inf
-    # The pixel decoder is clipped on its own: its reconstruction gradients are large early on and, in one global
-    # norm, would scale down every step of the world model they never touch.
-    decoder = [p for p in setup.model.decoder.parameters() if p.requires_grad]
-    decoder_ids = {id(p) for p in decoder}
-    grad_norm = torch.nn.utils.clip_grad_norm_([p for p in setup.parameters if id(p) not in decoder_ids], limit)
+    world, decoder = setup.clip_groups
+    grad_norm = torch.nn.utils.clip_grad_norm_(world, limit)
     decoder_norm = torch.nn.utils.clip_grad_norm_(decoder, limit)
     grad_norm = torch.where(torch.isfinite(decoder_norm), grad_norm, decoder_norm)  # a bad decoder step is bad too
 
