@@ -46,7 +46,9 @@ def main() -> int:
     found = next((path for path in candidates if path.is_file()), None)
     if found is None:
         parser.error(f"no config.yaml next to {model_dir} (looked at {', '.join(map(str, candidates))})")
-    config = apply_overrides(from_dict(TrainConfig, load_yaml(found)), args.overrides)
+    saved = load_yaml(found)
+    saved.get("dynamics", {}).pop("windows", None)  # runs from before dynamics.frames replaced it
+    config = apply_overrides(from_dict(TrainConfig, saved), args.overrides)
     if config.dynamics.steps < 1:
         config = apply_overrides(config, ["dynamics.steps=3000"])
     config.validate()

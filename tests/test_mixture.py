@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
 from training.config import debug
-from training.dynamics_stage import dynamics_parameters, encode_windows, train_dynamics
+from training.dynamics_stage import _stretches, dynamics_parameters, encode_clips, train_dynamics
 from worldmodel import WorldModel
 from worldmodel.likelihood import (
     LikelihoodScale,
@@ -164,13 +166,24 @@ def test_dynamics_stage_trains_only_the_dynamics_on_long_windows(tmp_path):
     config.model.latent.capacity, config.model.latent.classes, config.model.latent.dim = "mixture", 4, 1
     config.data.cache_dir = str(tmp_path / "cache")
     config.run.out_dir = str(tmp_path / "run")
-    config.dynamics.steps, config.dynamics.horizon, config.dynamics.windows = 60, 8, 128
+    config.dynamics.steps, config.dynamics.horizon, config.dynamics.frames = 60, 8, 1200
     config.dynamics.batch_size, config.dynamics.log_every, config.dynamics.lr = 32, 20, 2e-3
     config.model.predictor.trend_frames, config.dynamics.trend_frames = 0, 3
     config.validate()
     model = WorldModel(config.model)
-    cache = encode_windows(model, config, torch.device("cpu"))
-    assert cache["online"].shape == (128, config.dynamics_window, config.model.encoder.dim)
+    cache = encode_clips(model, config, torch.device("cpu"))
+    length = config.data.clip_length  # fresh simulator clips, whole
+    assert cache.online.shape == (1200, config.model.encoder.dim)
+    assert cache.starts.shape == (100 * (length - config.dynamics_window + 1),)
+    online, target, actions = cache.take(cache.starts[:3])
+    assert online.shape == target.shape == (3, config.dynamics_window, config.model.encoder.dim) and actions is None
+    # Frame encodings do not depend on the window they are read in: a window read from the cache is the window
+    # encoded on its own.
+    from training.dynamics_stage import _fresh_clips
+    first = next(_fresh_clips(config, 1200, config.run.seed + 7 + 1000 * config.data.seed))[0]
+    with torch.no_grad():
+        alone = model.encode(first[None, 1 : 1 + config.dynamics_window])[0]
+    assert torch.allclose(cache.take(cache.starts[1:2])[0][0], alone, atol=1e-5)
     encoder_before = [p.detach().clone() for p in model.encoder.parameters()]
     decoder_before = [p.detach().clone() for p in model.decoder.parameters()]
     logged = []
@@ -220,3 +233,37 @@ def test_rollout_with_a_trend_continues_a_constant_velocity_when_the_residual_is
     # With only the last frame given, the trend builds up from the predictions: it stands still.
     still, _ = model.rollout(history, history[:, -1], 3, deterministic=True)
     assert torch.allclose(still, history[:, -1:].expand(1, 3, -1), atol=1e-5)
+
+
+def test_stretches_tile_each_clip_with_the_fewest_windows():
+    assert _stretches(list(range(0, 11)), 4) == [[0, 4, 8, 10]]  # clip of 14 frames, windows of 4, stride 1
+    assert _stretches([0, 3, 6], 4) == [[0, 3, 6]]  # stride 3: every window is needed
+    assert _stretches([0, 5, 10], 4) == [[0], [5], [10]]  # stride 5 > window: three stretches with gaps between
+    assert _stretches([0, 2, 4, 6], 4) == [[0, 4, 6]]
+
+
+def test_recorded_clips_are_encoded_whole_through_their_window_dataset(tmp_path):
+    from envs.dataset import WindowDataset
+    from training.dynamics_stage import _dataset_clips
+
+    frames = np.random.default_rng(0).integers(0, 255, size=(3, 9, 8, 8, 3), dtype=np.uint8)
+    dataset = WindowDataset(frames, window=4)
+    clips = list(_dataset_clips(dataset, budget=100, seed=0))
+    assert len(clips) == 3 and all(clip.shape == (9, 3, 8, 8) and actions is None for clip, actions in clips)
+    as_read = sorted(clip.numpy().tobytes() for clip, _ in clips)
+    assert as_read == sorted(np.ascontiguousarray(frames[i].transpose(0, 3, 1, 2)).tobytes() for i in range(3))
+    assert len(list(_dataset_clips(dataset, budget=10, seed=0))) == 2  # stops once the frame budget is spent
+
+
+def test_z_rank_confines_the_components_to_a_subspace_of_that_many_dims():
+    config = debug()
+    config.model.latent.capacity, config.model.latent.classes, config.model.latent.dim = "mixture", 6, 1
+    config.model.predictor.z_rank = 2
+    config.validate()
+    model = WorldModel(config.model)
+    summary = torch.randn(5, config.model.predictor.width)
+    current = torch.randn(5, config.model.encoder.dim)
+    means = model.component_means(summary, current)  # (5, K, D)
+    apart = (means - means[:, :1]).reshape(-1, means.shape[-1])  # every component's offset from the first
+    singular = torch.linalg.svdvals(apart)
+    assert singular[1] > 1e-4 and singular[2] < 1e-5 * singular[0]  # spans exactly 2 directions

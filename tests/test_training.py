@@ -197,7 +197,7 @@ def test_cli_train_and_sample(tmp_path):
 
 def test_a_run_stopped_before_its_dynamics_stage_resumes_into_it_and_ends_where_an_uninterrupted_run_ends(tmp_path):
     settings = ("run.steps=12", "run.checkpoint_every=12", "run.tracking=none", "run.sample_video=false",
-                "run.eval_batches=1", "data.num_clips=24", "dynamics.horizon=6", "dynamics.windows=48",
+                "run.eval_batches=1", "data.num_clips=24", "dynamics.horizon=6", "dynamics.frames=240",
                 "dynamics.batch_size=16", "dynamics.log_every=4")
     whole = train(debug_config(tmp_path / "a", *settings, "dynamics.steps=8"))
     assert [entry["step"] for entry in whole.history if "dynamics/loss/total" in entry] == [16, 20]

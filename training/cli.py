@@ -146,7 +146,7 @@ def _sample_clips(args: argparse.Namespace, model, model_dir: Path, length: int)
     return clips
 
 
-DEMO_OVERRIDES = ("run.steps=300", "dynamics.steps=500", "dynamics.windows=2000", "data.num_clips=1000")
+DEMO_OVERRIDES = ("run.steps=300", "dynamics.steps=500", "dynamics.frames=24000", "data.num_clips=1000")
 
 
 def command_demo(args: argparse.Namespace) -> int:

@@ -120,8 +120,11 @@ class DynamicsConfig:
     horizon: int = 12
     """Open-loop steps per cached window after model.context_frames (window = context_frames + horizon; it must
     fit model.predictor.max_len and the clips)."""
-    windows: int = 4000
-    """Windows encoded for the stage, drawn at random (seeded) from the training split (fewer if it has fewer)."""
+    frames: int = 48000
+    """Frames of whole clips encoded for the stage (and a VALIDATION_SHARE-th as many of held-out clips). With the
+    simulator they are fresh clips drawn for the stage; with any other source, training clips in a random order
+    (all of them if they hold fewer frames). Every window inside an encoded clip is a sample; encoding costs about
+    a millisecond and a half a frame on 2 CPU cores for `small`."""
     batch_size: int = 64
     """Windows per step."""
     lr: float = 1e-3
@@ -138,7 +141,7 @@ class DynamicsConfig:
     from it."""
 
     def validate(self) -> None:
-        for name, low in (("steps", 0), ("horizon", 1), ("windows", 1), ("batch_size", 1), ("warmup_steps", 0),
+        for name, low in (("steps", 0), ("horizon", 1), ("frames", 1), ("batch_size", 1), ("warmup_steps", 0),
                           ("log_every", 1), ("trend_frames", 0)):
             if getattr(self, name) < low:
                 raise ValueError(f"dynamics.{name} must be >= {low}, got {getattr(self, name)}")
@@ -328,7 +331,7 @@ def small() -> TrainConfig:
         data=DataConfig(balls=scene_balls(64), num_clips=2000, clip_length=24, horizon=4, batch_size=32),
         optim=OptimConfig(lr=1.5e-3, warmup_steps=50),
         run=RunConfig(out_dir="runs/small", steps=2000, log_every=20, checkpoint_every=250, threads=0),
-        dynamics=DynamicsConfig(steps=3000, horizon=16, windows=6000, batch_size=64, lr=1e-3, trend_frames=4),
+        dynamics=DynamicsConfig(steps=3000, horizon=16, frames=96000, batch_size=64, lr=1e-3, trend_frames=4),
     )
 
 
@@ -347,7 +350,7 @@ def base() -> TrainConfig:
                         batch_size=128, num_workers=4),
         optim=OptimConfig(lr=6e-4, warmup_steps=1000),
         run=RunConfig(out_dir="runs/base", steps=50000, log_every=100, checkpoint_every=2000),
-        dynamics=DynamicsConfig(steps=10000, horizon=16, windows=40000, batch_size=256, lr=1e-3, trend_frames=4),
+        dynamics=DynamicsConfig(steps=10000, horizon=16, frames=400000, batch_size=256, lr=1e-3, trend_frames=4),
     )
 
 
