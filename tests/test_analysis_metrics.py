@@ -256,3 +256,24 @@ def test_ood_probe_clips_lie_outside_the_training_ranges_and_can_be_generated(ba
     clips = generate_clips(ood, 48, 4, seed=3)
     radii = clips.state["radii"][clips.state["radii"] > 0]
     assert radii.min() >= ood.radius_range[0] - 1e-9 and radii.max() <= ood.radius_range[1] + 1e-9
+
+
+def test_hidden_target_is_each_colours_position_once_it_went_behind_the_occluder():
+    from analysis.probes import hidden_config, hidden_target
+    from envs.physics import BallsConfig
+
+    balls = hidden_config(BallsConfig(image_size=64))
+    left, right = (c / 64 for c in balls.occluder_columns())
+    middle, r = (left + right) / 2, 0.05
+    red, green = balls.palette[0], balls.palette[1]
+    # Ball 0 (red) comes in from the left: visible at t = 0, 1, fully hidden at t = 2, 3. Ball 1 (green) is parked
+    # behind the occluder from the start: never seen, so never a target.
+    x0 = np.array([0.1, left - 0.02, middle - 0.01, middle + 0.01])
+    positions = np.stack([np.stack([x0, np.full(4, 0.3)], -1), np.tile([middle, 0.7], (4, 1))], axis=1)[None]
+    state = {"positions": positions, "radii": np.full((1, 4, 2), r), "present": np.ones((1, 4, 2), bool),
+             "colors": np.tile(np.array([red, green], np.uint8), (1, 4, 1, 1))}
+    target = hidden_target(state, balls)
+    assert target.values.shape == target.mask.shape == (3, 2 * len(balls.palette))  # rows = frames 1..3
+    assert target.mask[:, :2].tolist() == [[False, False], [True, True], [True, True]]
+    assert not target.mask[:, 2:].any()  # green was never seen; no other colour is present
+    assert np.allclose(target.values[1:, :2], positions[0, 2:, 0])
