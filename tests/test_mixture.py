@@ -254,16 +254,3 @@ def test_recorded_clips_are_encoded_whole_through_their_window_dataset(tmp_path)
     assert as_read == sorted(np.ascontiguousarray(frames[i].transpose(0, 3, 1, 2)).tobytes() for i in range(3))
     assert len(list(_dataset_clips(dataset, budget=10, seed=0))) == 2  # stops once the frame budget is spent
 
-
-def test_z_rank_confines_the_components_to_a_subspace_of_that_many_dims():
-    config = debug()
-    config.model.latent.capacity, config.model.latent.classes, config.model.latent.dim = "mixture", 6, 1
-    config.model.predictor.z_rank = 2
-    config.validate()
-    model = WorldModel(config.model)
-    summary = torch.randn(5, config.model.predictor.width)
-    current = torch.randn(5, config.model.encoder.dim)
-    means = model.component_means(summary, current)  # (5, K, D)
-    apart = (means - means[:, :1]).reshape(-1, means.shape[-1])  # every component's offset from the first
-    singular = torch.linalg.svdvals(apart)
-    assert singular[1] > 1e-4 and singular[2] < 1e-5 * singular[0]  # spans exactly 2 directions

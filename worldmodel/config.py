@@ -70,11 +70,6 @@ class PredictorConfig:
     models that predate this field were built so). Measured on a trained small encoder: extrapolating the
     representation by its 4-frame trend put straight-moving balls 0.021 from their true position at h = 10 (the
     learned transition without it: 0.27; copy-last 0.28)."""
-    z_rank: int = 0
-    """When > 0, z moves the prediction only within a learned subspace of this many dimensions: the transition is
-    base + f(h_t) + U g(h_t, z_t) with U a learned (D, z_rank) map, so the mixture's components differ only there and
-    their responsibilities weigh the residual along those directions (where a bounce or a kick shows), not the
-    frame-to-frame jitter of every one of the D dimensions. 0: f(h_t, z_t) over all D dimensions."""
     keypoint_dynamics: bool = False
     """Move the encoder's passed-through keypoint coordinates (the first 2K representation dimensions) with one
     small MLP shared by all K keypoints, instead of with the transition's MLP over the whole summary. Each keypoint's
@@ -304,8 +299,6 @@ class ModelConfig:
             )
         if self.predictor.trend_frames < 0:
             raise ValueError(f"model.predictor.trend_frames must be >= 0, got {self.predictor.trend_frames}")
-        if self.predictor.z_rank < 0:
-            raise ValueError(f"model.predictor.z_rank must be >= 0, got {self.predictor.z_rank}")
         if self.context_frames < 1:
             raise ValueError(f"model.context_frames must be >= 1, got {self.context_frames}")
         if self.context_frames >= self.predictor.max_len:

@@ -86,7 +86,7 @@ class WorldModel(nn.Module):
         self.latent = Latent(config.latent, width=self.past.out_width, dim=dim)
         self.transition = TransitionHead(
             width=config.predictor.width, latent_dim=config.latent.code_size, dim=dim, hidden=config.latent.hidden,
-            keypoints=keypoints, z_rank=config.predictor.z_rank,
+            keypoints=keypoints,
         )
         self.decoder = PixelDecoder(config.decoder, dim=dim, image_size=config.image_size)
 

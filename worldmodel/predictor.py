@@ -123,26 +123,17 @@ class TransitionHead(nn.Module):
     With `keypoints` K > 0 the first 2K dims (keypoint coordinates) move by `KeypointMotion` and the MLP over the
     summary predicts only the other D - 2K; h_t is then (..., width + 4K) as `PastEncoder` makes it."""
 
-    def __init__(self, *, width: int, latent_dim: int, dim: int, hidden: int, keypoints: int = 0,
-                 z_rank: int = 0) -> None:
+    def __init__(self, *, width: int, latent_dim: int, dim: int, hidden: int, keypoints: int = 0) -> None:
         super().__init__()
         self.width, self.keypoints = width, keypoints
         self.net = nn.Sequential(
-            nn.Linear(width + 4 * keypoints + (0 if z_rank else latent_dim), hidden), nn.GELU(),
-            nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, dim - 2 * keypoints),
+            nn.Linear(width + 4 * keypoints + latent_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+            nn.Linear(hidden, dim - 2 * keypoints),
         )
         self.motion = KeypointMotion(keypoints, width + latent_dim, hidden) if keypoints > 0 else None
-        # z_rank > 0: f(h) over all dims plus U g(h, z), z's effect confined to a learned z_rank-dim subspace.
-        self.offset = nn.Sequential(
-            nn.Linear(width + 4 * keypoints + latent_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
-            nn.Linear(hidden, z_rank), nn.Linear(z_rank, dim - 2 * keypoints, bias=False),
-        ) if z_rank else None
 
     def forward(self, summary: torch.Tensor, z: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
-        if self.offset is None:
-            change = self.net(torch.cat([summary, z], dim=-1))
-        else:
-            change = self.net(summary) + self.offset(torch.cat([summary, z], dim=-1))
+        change = self.net(torch.cat([summary, z], dim=-1))
         if self.motion is None:
             return current + change
         state, moves = summary.split([self.width, 4 * self.keypoints], dim=-1)  # h_t itself, the keypoints' moves
