@@ -1,7 +1,7 @@
 """Analysis subcommands of the `worldmodel` command line (registered by training/cli.py via `add_analysis_parsers`):
 
     worldmodel futures  --checkpoint DIR [--scenes 128 --samples 20 --horizon 10] [--compare DIR ...]
-    worldmodel probe    --checkpoint DIR [--clips 1024 --ood-clips 64 --hidden-clips 192 --contact-clips 256]
+    worldmodel probe    --checkpoint DIR [--clips 1024 --ood-clips 64 --hidden-clips 512 --contact-clips 256]
                         [--suite auto|simulator|state --state-episodes 96]   (gym runs: their own state)
     worldmodel surprise --checkpoint DIR [--pairs 256 --controls 5 --properties permanence,continuity,...]
     worldmodel report   --checkpoint DIR [all of the sizes above] [--skip probe,...]
