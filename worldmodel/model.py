@@ -29,7 +29,7 @@ from .config import ModelConfig
 from .decoder import PixelDecoder
 from .encoder import FrameEncoder
 from .latent import Categorical, Gaussian, Latent
-from .likelihood import categorical_information, mixture_log_likelihood, one_hot_codes
+from .likelihood import categorical_information, gaussian_log_density, mixture_log_likelihood, one_hot_codes
 from .predictor import PastEncoder, TransitionHead, extrapolated, extrapolated_last
 
 
@@ -238,10 +238,18 @@ class WorldModel(nn.Module):
 
         def pick(k: int, summary: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
             if self.config.latent.mixture:
+                prior = self.latent.prior(summary)
+                if mode == "prior_mean":
+                    # The deterministic rollout itself: its most likely component, charged the truth's
+                    # log-density under that component alone.
+                    index = prior.probs[..., 0, :].argmax(-1)
+                    mean = self.component_means(summary, base).gather(
+                        -2, index[:, None, None].expand(-1, 1, base.shape[-1]))[:, 0]
+                    costs.append(gaussian_log_density(future[:, k], mean, self.latent.scale()))
+                    return self._component_code(index, summary)
                 # The rollout goes on along the component that explains what happened (exact responsibilities):
                 # the step's log-likelihood is charged here, so `costs` holds log-likelihoods for the mixture.
-                log_likelihood, responsibilities, _ = self._mixture(summary, self.latent.prior(summary), base,
-                                                                    future[:, k])
+                log_likelihood, responsibilities, _ = self._mixture(summary, prior, base, future[:, k])
                 costs.append(log_likelihood)
                 return self._component_code(responsibilities.argmax(-1), summary)
             if mode == "teacher_forced":
