@@ -23,7 +23,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import default_collate
 
 from worldmodel.model import WorldModel
 

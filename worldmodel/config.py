@@ -229,7 +229,8 @@ class ModelConfig:
     the codes of the teacher-forced posterior, whose summaries read the true frames; the z's then carry the true
     state into the rollout for free, and the deterministic rollout, which has no such channel, drifts (the
     behaviour before this field existed; saved models without it load as such). `prior_mean`: z at the prior's
-    mean, so the rollout term trains the deterministic rollout itself (and z gets no say in the open loop)."""
+    mean (for the mixture: its most likely component), so the rollout term trains the deterministic rollout itself
+    (and z gets no say in the open loop)."""
     best_of_weight: float = 0.0
     """Weight of the best-of-N open-loop error with z drawn from the prior: `best_of_samples` rollouts from the
     context, each step's z sampled from p(z | h_t) (reparameterised), and only the closest one to the true future

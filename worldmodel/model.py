@@ -52,6 +52,11 @@ class SampledFutures:
         return self.energies.argsort(dim=-1)
 
 
+def component_of(means: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The chosen component's mean: means (..., K, D), index (...) -> (..., D)."""
+    return means.gather(-2, index[..., None, None].expand(*index.shape, 1, means.shape[-1]))[..., 0, :]
+
+
 def zero_loss(like: torch.Tensor) -> torch.Tensor:
     """A scalar 0 on like's device, for loss terms that are switched off."""
     return like.new_zeros((), dtype=torch.float32)
@@ -243,8 +248,7 @@ class WorldModel(nn.Module):
                     # The deterministic rollout itself: its most likely component, charged the truth's
                     # log-density under that component alone.
                     index = prior.probs[..., 0, :].argmax(-1)
-                    mean = self.component_means(summary, base).gather(
-                        -2, index[:, None, None].expand(-1, 1, base.shape[-1]))[:, 0]
+                    mean = component_of(self.component_means(summary, base), index)
                     costs.append(gaussian_log_density(future[:, k], mean, self.latent.scale()))
                     return self._component_code(index, summary)
                 # The rollout goes on along the component that explains what happened (exact responsibilities):
@@ -416,11 +420,8 @@ class WorldModel(nn.Module):
         if not telemetry:
             return losses, {}
         with torch.no_grad():
-            def pick(index: torch.Tensor) -> torch.Tensor:  # (B, T-1) component indices -> (B, T-1, D) means
-                return means.gather(-2, index[..., None, None].expand(*index.shape, 1, dim))[..., 0, :]
-
-            posterior_prediction = pick(responsibilities.argmax(-1))
-            prior_prediction = pick(prior.probs[..., 0, :].argmax(-1))
+            posterior_prediction = component_of(means, responsibilities.argmax(-1))
+            prior_prediction = component_of(means, prior.probs[..., 0, :].argmax(-1))
             information = categorical_information(responsibilities, prior.probs[..., 0, :])
             metrics = {
                 "error/prediction": float(distance(posterior_prediction, next_target).mean()),
