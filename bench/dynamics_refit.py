@@ -27,7 +27,7 @@ from training.config import TrainConfig
 from training.dynamics_stage import TRAINED, train_dynamics
 from worldmodel import WorldModel
 from worldmodel.config_io import apply_overrides, from_dict, load_yaml, save_yaml
-from worldmodel.serialization import read_weights
+from worldmodel.serialization import fit_row_tables, read_weights
 
 
 def main() -> int:
@@ -54,8 +54,8 @@ def main() -> int:
     config.validate()
     torch.manual_seed(config.run.seed)
     model = WorldModel(config.model)
-    state = read_weights(model_dir / "model.safetensors")
     own = model.state_dict()
+    state = fit_row_tables(model, read_weights(model_dir / "model.safetensors"))
     kept = {key: value for key, value in state.items() if key in own and own[key].shape == value.shape
             and not (args.fresh and key.split(".")[0] in TRAINED)}
     missing = sorted({key.split(".")[0] for key in own if key not in kept})

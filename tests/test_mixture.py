@@ -82,6 +82,59 @@ def test_likelihood_scale_init_and_floor():
         LikelihoodScale(3, min_std=0.5)
 
 
+def test_likelihood_scale_rows_per_step_ahead():
+    scale = LikelihoodScale(3, min_std=0.02, init_std=0.3, steps=4)
+    with torch.no_grad():
+        scale.raw[2].fill_(0.5 * math.log(1.0 - 0.02**2) / LikelihoodScale.SPEED)  # row 2: std 1
+    assert scale(0).tolist() == pytest.approx([0.3] * 3, rel=1e-5)
+    assert scale(2).tolist() == pytest.approx([1.0] * 3, rel=1e-5)
+    assert scale(9).tolist() == pytest.approx([0.3] * 3, rel=1e-5)  # past the table: its last row
+    with pytest.raises(ValueError, match="steps"):
+        LikelihoodScale(3, min_std=0.02, steps=0)
+
+
+def test_likelihood_scale_reaches_the_error_std_within_a_stage():
+    # Errors of std 0.05 against an initial 0.3: Adam at lr 1e-3 must get the scale there in 1,000 steps.
+    torch.manual_seed(0)
+    scale = LikelihoodScale(4, min_std=0.02, init_std=0.3)
+    optimizer = torch.optim.Adam(scale.parameters(), lr=1e-3)
+    for _ in range(1000):
+        error = 0.05 * torch.randn(256, 4)
+        loss = -gaussian_log_density(error, torch.zeros(4), scale()).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert scale().tolist() == pytest.approx([0.05] * 4, rel=0.15)
+
+
+def test_rollout_errors_train_the_rollout_scale_only(frames):
+    config = mixture_config()
+    config.prediction_weight = 0.0
+    config.rollout_weight = 1.0
+    torch.manual_seed(0)
+    model = WorldModel(config)
+    losses, _ = model.predictive_losses(model.encode(frames), model.encode_target(frames))
+    losses["rollout"].backward()
+    assert model.latent.scale.raw.grad is None or float(model.latent.scale.raw.grad.abs().sum()) == 0.0
+    rows = model.latent.rollout_scale.raw.grad.abs().sum(-1)  # (max_len,)
+    steps = frames.shape[1] - config.context_frames
+    assert bool((rows[:steps] > 0).all()) and float(rows[steps:].sum()) == 0.0
+
+
+def test_models_saved_with_one_shared_scale_load_with_it_for_every_step(tmp_path, model):
+    model.save(tmp_path / "m")
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(tmp_path / "m" / "model.safetensors"))
+    old = torch.full((state["latent.scale.raw"].shape[-1],), 0.5 * math.log(0.1**2 - 0.02**2))  # std 0.1, old layout
+    state["latent.scale.raw"] = old
+    del state["latent.rollout_scale.raw"]
+    save_file(state, str(tmp_path / "m" / "model.safetensors"))
+    loaded = WorldModel.load(tmp_path / "m")
+    assert loaded.latent.scale().tolist() == pytest.approx([0.1] * len(old), rel=1e-5)
+    assert loaded.latent.rollout_scale(7).tolist() == pytest.approx([0.1] * len(old), rel=1e-5)
+
+
 def test_categorical_information():
     uniform = torch.full((4,), 0.25)
     assert float(categorical_information(uniform, uniform)) == pytest.approx(0.0, abs=1e-7)

@@ -162,18 +162,22 @@ class CategoricalHead(nn.Module):
 
 
 class Latent(nn.Module):
-    """Prior p(z_t | h_t) and posterior q(z_t | h_t, s_{t+1}) for one capacity regime."""
+    """Prior p(z_t | h_t) and posterior q(z_t | h_t, s_{t+1}) for one capacity regime. A mixture also holds the
+    likelihood's learned scales: `scale` for one step, `rollout_scale` with a row for each of `rollout_steps`
+    open-loop steps."""
 
-    def __init__(self, config: LatentConfig, *, width: int, dim: int) -> None:
+    def __init__(self, config: LatentConfig, *, width: int, dim: int, rollout_steps: int = 1) -> None:
         super().__init__()
         self.config = config
         self.scale: LikelihoodScale | None = None
+        self.rollout_scale: LikelihoodScale | None = None
         shown = dim + (1 if config.posterior_input == "scaled_innovation" else 0)  # + the log-RMS
         if config.mixture:
             # The posterior over the components is exact (WorldModel computes it from the likelihood): no network.
             self.prior = CategoricalHead(width, 1, config.classes, config.hidden)
             self.posterior = None
             self.scale = LikelihoodScale(dim, min_std=config.min_std)
+            self.rollout_scale = LikelihoodScale(dim, min_std=config.min_std, steps=rollout_steps)
         elif config.categorical:
             self.prior = CategoricalHead(width, config.dim, config.classes, config.hidden)
             self.posterior = CategoricalHead(width + shown, config.dim, config.classes, config.hidden)

@@ -88,7 +88,8 @@ class WorldModel(nn.Module):
             self.target_encoder.requires_grad_(False)
         keypoints = config.encoder.keypoints if config.predictor.keypoint_dynamics else 0
         self.past = PastEncoder(config.predictor, dim=dim, action_dim=config.action_dim, keypoints=keypoints)
-        self.latent = Latent(config.latent, width=self.past.out_width, dim=dim)
+        self.latent = Latent(config.latent, width=self.past.out_width, dim=dim,
+                             rollout_steps=config.predictor.max_len)
         self.transition = TransitionHead(
             width=config.predictor.width, latent_dim=config.latent.code_size, dim=dim, hidden=config.latent.hidden,
             keypoints=keypoints,
@@ -249,11 +250,12 @@ class WorldModel(nn.Module):
                     # log-density under that component alone.
                     index = prior.probs[..., 0, :].argmax(-1)
                     mean = component_of(self.component_means(summary, base), index)
-                    costs.append(gaussian_log_density(future[:, k], mean, self.latent.scale()))
+                    costs.append(gaussian_log_density(future[:, k], mean, self.latent.rollout_scale(k)))
                     return self._component_code(index, summary)
                 # The rollout goes on along the component that explains what happened (exact responsibilities):
                 # the step's log-likelihood is charged here, so `costs` holds log-likelihoods for the mixture.
-                log_likelihood, responsibilities, _ = self._mixture(summary, prior, base, future[:, k])
+                log_likelihood, responsibilities, _ = self._mixture(summary, prior, base, future[:, k],
+                                                                    scale=self.latent.rollout_scale(k))
                 costs.append(log_likelihood)
                 return self._component_code(responsibilities.argmax(-1), summary)
             if mode == "teacher_forced":
@@ -396,7 +398,8 @@ class WorldModel(nn.Module):
         self, online: torch.Tensor, target: torch.Tensor, actions: torch.Tensor | None, *, telemetry: bool
     ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """predictive_losses for the mixture latent: the negative log-likelihood of every next target, teacher-forced
-        and along the open-loop rollout, in nats per dimension, times the detached 2 * mean sigma^2.
+        and along the open-loop rollout, in nats per dimension, times the detached 2 * mean sigma^2 of the scale that
+        step is judged with (one-step, or the rollout's own at each step ahead: see LikelihoodScale).
 
         That factor is a constant at each step, so it does not move the minimum; it gives the gradient on the
         predicted means the size of a squared error's (2 (mu - x) / D), whatever the learned scale, so the balance
@@ -410,9 +413,11 @@ class WorldModel(nn.Module):
         rolled, rolled_log_likelihood = self._training_rollout(online, target, None, actions)
         scale = self.latent.scale()
         price = 2 * scale.detach().pow(2).mean()
+        rollout_scales = torch.stack([self.latent.rollout_scale(k) for k in range(rolled.shape[1])])  # (T-C, D)
+        rollout_price = 2 * rollout_scales.detach().pow(2).mean(-1)  # (T-C,)
         losses = {
             "prediction": -log_likelihood.mean() / dim * price,
-            "rollout": -rolled_log_likelihood.mean() / dim * price,
+            "rollout": -(rolled_log_likelihood * rollout_price).mean() / dim,
             "best_of_prior": zero_loss(online),
             "capacity": zero_loss(online),
             "prior_fit": zero_loss(online),
@@ -433,6 +438,8 @@ class WorldModel(nn.Module):
                 "likelihood/nll_per_dim": float(-log_likelihood.mean() / dim),
                 "likelihood/std_mean": float(scale.mean()),
                 "likelihood/std_min": float(scale.min()),
+                "likelihood/rollout_std_first": float(rollout_scales[0].mean()),
+                "likelihood/rollout_std_last": float(rollout_scales[-1].mean()),
             }
         return losses, metrics
 
@@ -445,15 +452,24 @@ class WorldModel(nn.Module):
         classes = self.config.latent.classes
         codes = one_hot_codes(classes, summary).expand(*summary.shape[:-1], classes, classes)
         expand = lambda x: x.unsqueeze(-2).expand(*x.shape[:-1], classes, x.shape[-1])  # noqa: E731
-        return self.transition(expand(summary), codes, expand(current))
+        means = self.transition(expand(summary), codes, expand(current))  # (..., K, D)
+        encoder = self.config.encoder
+        if not (self.config.latent.inertia and encoder.keypoint_passthrough and encoder.keypoints > 0):
+            return means
+        # Component 0 keeps the keypoints on their trend (LatentConfig.inertia).
+        coordinates = 2 * encoder.keypoints
+        still = torch.cat([current[..., None, :coordinates].to(means.dtype), means[..., :1, coordinates:]], dim=-1)
+        return torch.cat([still, means[..., 1:, :]], dim=-2)
 
     def _mixture(self, summary: torch.Tensor, prior: Categorical, current: torch.Tensor,
-                 next_target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 next_target: torch.Tensor, *, scale: torch.Tensor | None = None,
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """log p(next_target | past) under the mixture, the exact responsibilities and the K means:
-        (...), (..., K), (..., K, D) for summary (..., width), current and next_target (..., D)."""
+        (...), (..., K), (..., K, D) for summary (..., width), current and next_target (..., D). scale (D,): the
+        components' std (default: the one-step likelihood's)."""
         means = self.component_means(summary, current)
         log_likelihood, responsibilities = mixture_log_likelihood(
-            next_target, means, prior.probs[..., 0, :].log(), self.latent.scale()
+            next_target, means, prior.probs[..., 0, :].log(), self.latent.scale() if scale is None else scale
         )
         return log_likelihood, responsibilities, means
 

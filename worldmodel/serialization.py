@@ -94,7 +94,8 @@ def read_config(directory: Path) -> ModelConfig:
         encoder.setdefault("keypoint_passthrough", False)
     if isinstance(model, dict):
         model.setdefault("rollout_latent", "teacher_forced")  # saved before the field existed
-    for section, key, old in (("predictor", "change_inputs", False), ("latent", "posterior_input", "target")):
+    for section, key, old in (("predictor", "change_inputs", False), ("latent", "posterior_input", "target"),
+                              ("latent", "inertia", False)):
         part = model.get(section) if isinstance(model, dict) else None
         if isinstance(part, dict):
             # Saved before this field existed: built the old way.
@@ -129,8 +130,23 @@ def upgrade_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if match:
             prefix, layer, rest = match.group(1), int(match.group(2)), match.group(3)
             name = f"{prefix}.stages.{layer // 6}.{layer % 6}.{rest}"
+        if name == "latent.scale.raw" and tensor.ndim == 1:
+            # Saved when one (D,) scale, without LikelihoodScale.SPEED, judged one step and every rollout step.
+            from .likelihood import LikelihoodScale
+
+            tensor = (tensor / LikelihoodScale.SPEED).unsqueeze(0)
+            upgraded.setdefault("latent.rollout_scale.raw", tensor)
         upgraded[name] = tensor
     return upgraded
+
+
+def fit_row_tables(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An upgraded rollout scale holds one row (the old shared scale): repeat it for every step the model has."""
+    expected = module.state_dict()
+    name = "latent.rollout_scale.raw"
+    if name in state and name in expected and state[name].shape[0] == 1 != expected[name].shape[0]:
+        state = {**state, name: state[name].expand_as(expected[name]).clone()}
+    return state
 
 
 def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
@@ -158,5 +174,6 @@ def load_model(cls: type["WorldModel"], directory: str | Path, *, map_location="
         raise CheckpointError(f"{directory}: not a directory; expected a saved model ({CONFIG_FILE}, {WEIGHTS_FILE})")
     config = read_config(directory)
     model = cls(config)
-    load_state_strict(model, read_weights(directory / WEIGHTS_FILE), directory / WEIGHTS_FILE)
+    state = fit_row_tables(model, read_weights(directory / WEIGHTS_FILE))
+    load_state_strict(model, state, directory / WEIGHTS_FILE)
     return model.to(map_location)
