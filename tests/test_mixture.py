@@ -121,7 +121,7 @@ def test_rollout_errors_train_the_rollout_scale_only(frames):
     assert bool((rows[:steps] > 0).all()) and float(rows[steps:].sum()) == 0.0
 
 
-def test_models_saved_with_one_shared_scale_load_with_it_for_every_step(tmp_path, model):
+def test_models_saved_before_the_scales_split_load_as_they_were(tmp_path, model):
     model.save(tmp_path / "m")
     from safetensors.torch import load_file, save_file
 
@@ -130,7 +130,14 @@ def test_models_saved_with_one_shared_scale_load_with_it_for_every_step(tmp_path
     state["latent.scale.raw"] = old
     del state["latent.rollout_scale.raw"]
     save_file(state, str(tmp_path / "m" / "model.safetensors"))
+    import json
+
+    config_file = tmp_path / "m" / "config.json"
+    saved = json.loads(config_file.read_text())
+    del saved["model"]["latent"]["inertia"]  # saved before component 0 was inertia: its component 0 was learned
+    config_file.write_text(json.dumps(saved))
     loaded = WorldModel.load(tmp_path / "m")
+    assert loaded.config.latent.inertia is False
     assert loaded.latent.scale().tolist() == pytest.approx([0.1] * len(old), rel=1e-5)
     assert loaded.latent.rollout_scale(7).tolist() == pytest.approx([0.1] * len(old), rel=1e-5)
 
@@ -155,10 +162,35 @@ def test_energy_is_the_negative_log_likelihood(model, frames):
                                  target[:, step - 1])
                 for k in range(4)
             ], dim=1)  # (B, K, D)
+            coordinates = 2 * model.config.encoder.keypoints
+            means[:, 0, :coordinates] = target[:, step - 1, :coordinates]  # component 0: inertia
             std = model.latent.scale()
             density = torch.stack([gaussian_log_density(target[:, step], means[:, k], std) for k in range(4)], 1)
             expected = -(weights.log() + density).logsumexp(-1)
             assert torch.allclose(energy[:, step - context], expected, atol=1e-4)
+
+
+def test_component_zero_keeps_the_keypoints_on_their_trend(frames):
+    config = mixture_config()
+    config.predictor.trend_frames = 3
+    torch.manual_seed(0)
+    model = WorldModel(config)
+    coordinates = 2 * config.encoder.keypoints
+    assert coordinates > 0 and config.encoder.keypoint_passthrough
+    with torch.no_grad():
+        target = model.encode_target(frames)
+        summary = model.past(model.encode(frames))[:, -1]
+        base = model.bases(target)[:, -1]  # (B, D): the last frame moved on by its 3-frame trend
+        means = model.component_means(summary, base)  # (B, K, D)
+        learned = model.transition(summary, torch.eye(4)[0].expand(3, 4), base)
+    assert torch.equal(means[:, 0, :coordinates], base[:, :coordinates])
+    assert torch.allclose(means[:, 0, coordinates:], learned[:, coordinates:])
+    assert float((means[:, 1:, :coordinates] - base[:, None, :coordinates]).abs().min()) > 0  # the others move
+    config.latent.inertia = False
+    plain = WorldModel(config)
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(plain.component_means(summary, base)[:, 0], learned)
 
 
 def test_posterior_is_exact_and_charges_at_most_log_k(model, frames):
