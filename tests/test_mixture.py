@@ -134,10 +134,10 @@ def test_models_saved_before_the_scales_split_load_as_they_were(tmp_path, model)
 
     config_file = tmp_path / "m" / "config.json"
     saved = json.loads(config_file.read_text())
-    del saved["model"]["latent"]["inertia"]  # saved before component 0 was inertia: its component 0 was learned
+    del saved["model"]["latent"]["keypoint_mixture"]  # saved before: its components predicted every dimension
     config_file.write_text(json.dumps(saved))
     loaded = WorldModel.load(tmp_path / "m")
-    assert loaded.config.latent.inertia is False
+    assert loaded.config.latent.keypoint_mixture is False
     assert loaded.latent.scale().tolist() == pytest.approx([0.1] * len(old), rel=1e-5)
     assert loaded.latent.rollout_scale(7).tolist() == pytest.approx([0.1] * len(old), rel=1e-5)
 
@@ -164,13 +164,14 @@ def test_energy_is_the_negative_log_likelihood(model, frames):
             ], dim=1)  # (B, K, D)
             coordinates = 2 * model.config.encoder.keypoints
             means[:, 0, :coordinates] = target[:, step - 1, :coordinates]  # component 0: inertia
+            means[:, :, coordinates:] = means[:, :, coordinates:].mean(1, keepdim=True)  # one shared rest
             std = model.latent.scale()
             density = torch.stack([gaussian_log_density(target[:, step], means[:, k], std) for k in range(4)], 1)
             expected = -(weights.log() + density).logsumexp(-1)
             assert torch.allclose(energy[:, step - context], expected, atol=1e-4)
 
 
-def test_component_zero_keeps_the_keypoints_on_their_trend(frames):
+def test_components_move_only_the_keypoints_and_component_zero_keeps_their_trend(frames):
     config = mixture_config()
     config.predictor.trend_frames = 3
     torch.manual_seed(0)
@@ -184,9 +185,21 @@ def test_component_zero_keeps_the_keypoints_on_their_trend(frames):
         means = model.component_means(summary, base)  # (B, K, D)
         learned = model.transition(summary, torch.eye(4)[0].expand(3, 4), base)
     assert torch.equal(means[:, 0, :coordinates], base[:, :coordinates])
-    assert torch.allclose(means[:, 0, coordinates:], learned[:, coordinates:])
     assert float((means[:, 1:, :coordinates] - base[:, None, :coordinates]).abs().min()) > 0  # the others move
-    config.latent.inertia = False
+    heads = torch.stack([model.transition(summary, torch.eye(4)[k].expand(3, 4), base) for k in range(4)], 1)
+    assert torch.allclose(means[:, 1:, :coordinates], heads[:, 1:, :coordinates], atol=1e-6)
+    for k in range(4):  # the rest is one prediction: the mean of the K heads'
+        assert torch.allclose(means[:, k, coordinates:], heads[:, :, coordinates:].mean(1), atol=1e-6)
+    # The responsibilities then depend on the keypoints alone.
+    target_next = base + 0.1 * torch.randn_like(base)
+    changed = target_next.clone()
+    changed[:, coordinates:] += 1.0
+    prior = model.latent.prior(summary)
+    with torch.no_grad():
+        _, before, _ = model._mixture(summary, prior, base, target_next)
+        _, after, _ = model._mixture(summary, prior, base, changed)
+    assert torch.allclose(before, after, atol=1e-5)
+    config.latent.keypoint_mixture = False
     plain = WorldModel(config)
     plain.load_state_dict(model.state_dict())
     with torch.no_grad():

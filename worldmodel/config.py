@@ -109,13 +109,15 @@ class LatentConfig:
     small-preset steps it did not beat the Gaussian (README, "Numbers")."""
     classes: int = 8
     """categorical: values each group of z can take. mixture: K, the number of components (z's values)."""
-    inertia: bool = True
-    """mixture: component 0 is "nothing happens": the keypoint coordinates (the first 2K dims, with
-    model.encoder.keypoint_passthrough) stay exactly on their trend (model.predictor.trend_frames), and only the
-    other dimensions get the transition's learned change. The learned components all damped the trend on quiet steps
-    (keypoint error 0.0033 against the trend's 0.0018), and a rollout compounds that into a lag; this one cannot, so
-    the prior only has to say when something (a bounce, a collision) happens. No effect without passthrough
-    keypoints."""
+    keypoint_mixture: bool = True
+    """mixture, with passthrough keypoints (model.encoder.keypoint_passthrough): the components differ only in how
+    the keypoint coordinates (the first 2K dims) move. Component 0 is "nothing happens": the keypoints stay exactly
+    on their trend (model.predictor.trend_frames); the others learn what can happen instead (a bounce, a collision,
+    a kick). The other dimensions are predicted once for all components (the mean of the K heads), so they cancel
+    out of the responsibilities. Measured (docs/experiments/2026-12-08-calibrated-scales.md): with every dimension
+    in the mixture, the 32 appearance dims (smaller std, not linear in position) decided the responsibilities, the
+    learned components all damped the keypoints' trend on quiet steps (error 0.0032 against the trend's 0.0018),
+    and a rollout compounds that into a lag. No effect without passthrough keypoints."""
     min_std: float = 0.02
     """mixture: floor of the learned per-dimension std of the prediction error (representations have std ~1 per
     dimension). A dimension that training found perfectly predictable cannot make the energy of a slightly

@@ -454,12 +454,14 @@ class WorldModel(nn.Module):
         expand = lambda x: x.unsqueeze(-2).expand(*x.shape[:-1], classes, x.shape[-1])  # noqa: E731
         means = self.transition(expand(summary), codes, expand(current))  # (..., K, D)
         encoder = self.config.encoder
-        if not (self.config.latent.inertia and encoder.keypoint_passthrough and encoder.keypoints > 0):
+        if not (self.config.latent.keypoint_mixture and encoder.keypoint_passthrough and encoder.keypoints > 0):
             return means
-        # Component 0 keeps the keypoints on their trend (LatentConfig.inertia).
+        # LatentConfig.keypoint_mixture: component 0 keeps the keypoints on their trend, the other dimensions are
+        # one prediction shared by all components.
         coordinates = 2 * encoder.keypoints
-        still = torch.cat([current[..., None, :coordinates].to(means.dtype), means[..., :1, coordinates:]], dim=-1)
-        return torch.cat([still, means[..., 1:, :]], dim=-2)
+        moves = torch.cat([current[..., None, :coordinates].to(means.dtype), means[..., 1:, :coordinates]], dim=-2)
+        rest = means[..., coordinates:].mean(-2, keepdim=True).expand(*means.shape[:-1], means.shape[-1] - coordinates)
+        return torch.cat([moves, rest], dim=-1)
 
     def _mixture(self, summary: torch.Tensor, prior: Categorical, current: torch.Tensor,
                  next_target: torch.Tensor, *, scale: torch.Tensor | None = None,

@@ -95,7 +95,7 @@ def read_config(directory: Path) -> ModelConfig:
     if isinstance(model, dict):
         model.setdefault("rollout_latent", "teacher_forced")  # saved before the field existed
     for section, key, old in (("predictor", "change_inputs", False), ("latent", "posterior_input", "target"),
-                              ("latent", "inertia", False)):
+                              ("latent", "keypoint_mixture", False)):
         part = model.get(section) if isinstance(model, dict) else None
         if isinstance(part, dict):
             # Saved before this field existed: built the old way.
