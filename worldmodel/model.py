@@ -213,7 +213,7 @@ class WorldModel(nn.Module):
             summary = self.past(sequence[:, first:], step_actions)[:, -1]
             base = extrapolated_last(history, trend)  # (B, D): where the last frame goes if it keeps moving
             z = pick(k, summary, base)
-            prediction = self.transition(summary, z, base)  # (B, D)
+            prediction = self.step(summary, z, base)  # (B, D)
             predictions.append(prediction)
             used.append(z)
             sequence = torch.cat([sequence, prediction.unsqueeze(1).to(sequence.dtype)], dim=1)
@@ -446,6 +446,13 @@ class WorldModel(nn.Module):
     def _component_code(self, index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """(...,) component indices -> (..., K) one-hot codes (the mixture's z as the transition reads it)."""
         return one_hot_codes(self.config.latent.classes, like)[index]
+
+    def step(self, summary: torch.Tensor, z: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        """The next representation for code z: summary (..., width), z (..., Z), current (..., D) -> (..., D). For
+        the mixture, z is a one-hot component and this is that component's mean, as the likelihood has it."""
+        if not self.config.latent.mixture:
+            return self.transition(summary, z, current)
+        return (z.unsqueeze(-1).to(current.dtype) * self.component_means(summary, current)).sum(-2)
 
     def component_means(self, summary: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
         """The mixture's K predicted next representations: summary (..., width), current (..., D) -> (..., K, D)."""
