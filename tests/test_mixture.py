@@ -206,6 +206,22 @@ def test_components_move_only_the_keypoints_and_component_zero_keeps_their_trend
         assert torch.allclose(plain.component_means(summary, base)[:, 0], learned)
 
 
+def test_rollout_along_component_zero_continues_the_keypoints_in_a_straight_line(frames):
+    config = mixture_config()
+    config.predictor.trend_frames = 2
+    torch.manual_seed(0)
+    model = WorldModel(config)
+    coordinates = 2 * config.encoder.keypoints
+    with torch.no_grad():
+        online, target = model.encode(frames[:, :3]), model.encode_target(frames[:, :3])
+        still = torch.nn.functional.one_hot(torch.zeros(3, 5, dtype=torch.long), 4).float()  # (B, H, K)
+        rolled, used = model.rollout(online, target, 5, latents=still)
+    velocity = target[:, -1, :coordinates] - target[:, -2, :coordinates]
+    expected = target[:, -1:, :coordinates] + torch.arange(1, 6).view(1, 5, 1) * velocity[:, None]
+    assert torch.allclose(rolled[..., :coordinates], expected, atol=1e-5)
+    assert torch.equal(used, still)
+
+
 def test_posterior_is_exact_and_charges_at_most_log_k(model, frames):
     online, target = model.encode(frames), model.encode_target(frames)
     posterior = model.posterior(online[:, :3], target[:, 3], last_target=target[:, 2])
