@@ -231,7 +231,7 @@ class ModelConfig:
     """Weight of the teacher-forced one-step prediction error."""
     rollout_weight: float = 0.5
     """Weight of the open-loop prediction error (predictions fed back as inputs) after `context_frames`."""
-    rollout_latent: Literal["closed_loop", "prior_mean", "teacher_forced"] = "closed_loop"
+    rollout_latent: Literal["closed_loop", "prior_mean", "both", "teacher_forced"] = "closed_loop"
     """Where the z of each step of the training rollout comes from. `closed_loop`: the posterior given the
     rollout's own summary h_k (what the model knows k steps into its own prediction) and the true next target, its
     capacity charged against the prior of that summary, so that z pays for whatever it corrects. `teacher_forced`:
@@ -239,7 +239,9 @@ class ModelConfig:
     state into the rollout for free, and the deterministic rollout, which has no such channel, drifts (the
     behaviour before this field existed; saved models without it load as such). `prior_mean`: z at the prior's
     mean (for the mixture: its most likely component), so the rollout term trains the deterministic rollout itself
-    (and z gets no say in the open loop)."""
+    (and z gets no say in the open loop). For the mixture every step of either path is charged the true target's
+    full mixture likelihood, so the prior learns which component explains the truth at the states that path
+    reaches; `both` (mixture only) runs each path once and averages them."""
     best_of_weight: float = 0.0
     """Weight of the best-of-N open-loop error with z drawn from the prior: `best_of_samples` rollouts from the
     context, each step's z sampled from p(z | h_t) (reparameterised), and only the closest one to the true future
@@ -264,6 +266,8 @@ class ModelConfig:
     def validate(self) -> None:
         """Cross-field checks; raises ValueError naming the field."""
         stages = len(self.encoder.channels)
+        if self.rollout_latent == "both" and not self.latent.mixture:
+            raise ValueError("model.rollout_latent=both needs model.latent.capacity=mixture (two paths of components)")
         if self.image_size % (2**stages) != 0:
             raise ValueError(
                 f"model.image_size={self.image_size} must be divisible by 2**len(model.encoder.channels)={2**stages}"

@@ -29,7 +29,7 @@ from .config import ModelConfig
 from .decoder import PixelDecoder
 from .encoder import FrameEncoder
 from .latent import Categorical, Gaussian, Latent
-from .likelihood import categorical_information, gaussian_log_density, mixture_log_likelihood, one_hot_codes
+from .likelihood import categorical_information, mixture_log_likelihood, one_hot_codes
 from .predictor import PastEncoder, TransitionHead, extrapolated, extrapolated_last
 
 
@@ -240,24 +240,11 @@ class WorldModel(nn.Module):
         """
         context, mode = self.config.context_frames, self.config.rollout_latent
         future = target[:, context:]  # (B, T-C, D)
+        if self.config.latent.mixture:
+            return self._mixture_rollouts(online, target, actions)
         costs = []
 
         def pick(k: int, summary: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-            if self.config.latent.mixture:
-                prior = self.latent.prior(summary)
-                if mode == "prior_mean":
-                    # The deterministic rollout itself: its most likely component, charged the truth's
-                    # log-density under that component alone.
-                    index = prior.probs[..., 0, :].argmax(-1)
-                    mean = component_of(self.component_means(summary, base), index)
-                    costs.append(gaussian_log_density(future[:, k], mean, self.latent.rollout_scale(k)))
-                    return self._component_code(index, summary)
-                # The rollout goes on along the component that explains what happened (exact responsibilities):
-                # the step's log-likelihood is charged here, so `costs` holds log-likelihoods for the mixture.
-                log_likelihood, responsibilities, _ = self._mixture(summary, prior, base, future[:, k],
-                                                                    scale=self.latent.rollout_scale(k))
-                costs.append(log_likelihood)
-                return self._component_code(responsibilities.argmax(-1), summary)
             if mode == "teacher_forced":
                 return teacher_z[:, context - 1 + k]
             prior = self.latent.prior(summary)
@@ -270,6 +257,36 @@ class WorldModel(nn.Module):
         predictions, _ = self._unroll(online[:, :context], target[:, :context], future.shape[1], pick,
                                       actions=actions, window=None)
         return predictions, torch.stack(costs, dim=1) if costs else None
+
+    def _mixture_rollouts(self, online: torch.Tensor, target: torch.Tensor,
+                          actions: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mixture's open-loop term from the context of online, target (B, T, D).
+        Every step of a rollout is charged the true target's full mixture log-likelihood under that step's rollout
+        scale (which trains the prior at the states the rollout reaches); model.rollout_latent says which
+        component each step goes on with: `closed_loop` the one that explains the truth (the steered path the
+        posterior can take), `prior_mean` the prior's most likely one (the deterministic rollout's own path),
+        `both` each path once, averaged. Returns (the first path's predictions (B, T-C, D), log-likelihoods
+        (B, T-C))."""
+        context, mode = self.config.context_frames, self.config.rollout_latent
+        future = target[:, context:]  # (B, T-C, D)
+        paths = {"closed_loop": ["steered"], "prior_mean": ["prior"], "both": ["steered", "prior"]}[mode]
+        rolled, charged = [], []
+        for path in paths:
+            costs = []
+
+            def pick(k: int, summary: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+                prior = self.latent.prior(summary)
+                log_likelihood, responsibilities, _ = self._mixture(summary, prior, base, future[:, k],
+                                                                    scale=self.latent.rollout_scale(k))
+                costs.append(log_likelihood)
+                chosen = responsibilities if path == "steered" else prior.probs[..., 0, :]  # noqa: B023
+                return self._component_code(chosen.argmax(-1), summary)
+
+            predictions, _ = self._unroll(online[:, :context], target[:, :context],
+                                          future.shape[1], pick, actions=actions, window=None)
+            rolled.append(predictions)
+            charged.append(torch.stack(costs, dim=1))
+        return rolled[0], torch.stack(charged).mean(0)
 
     # ------------------------------------------------------------------ training objective
     def loss(
