@@ -368,3 +368,24 @@ def test_recorded_clips_are_encoded_whole_through_their_window_dataset(tmp_path)
     assert as_read == sorted(np.ascontiguousarray(frames[i].transpose(0, 3, 1, 2)).tobytes() for i in range(3))
     assert len(list(_dataset_clips(dataset, budget=10, seed=0))) == 2  # stops once the frame budget is spent
 
+
+
+def test_rollout_along_both_paths_averages_the_steered_and_the_deterministic_one(frames):
+    from dataclasses import replace
+
+    config = mixture_config()
+    torch.manual_seed(0)
+    model = WorldModel(config)
+    with torch.no_grad():
+        online, target = model.encode(frames), model.encode_target(frames)
+        terms = {}
+        for mode in ("closed_loop", "prior_mean", "both"):
+            model.config = replace(config, rollout_latent=mode)
+            losses, _ = model.predictive_losses(online, target)
+            terms[mode] = float(losses["rollout"])
+    assert terms["closed_loop"] != pytest.approx(terms["prior_mean"], rel=1e-3)
+    assert terms["both"] == pytest.approx((terms["closed_loop"] + terms["prior_mean"]) / 2, rel=1e-5)
+    latent = mixture_config()
+    latent.latent.capacity = "kl"
+    with pytest.raises(ValueError, match="rollout_latent=both"):
+        replace(latent, rollout_latent="both").validate()
