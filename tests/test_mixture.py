@@ -171,13 +171,19 @@ def test_energy_is_the_negative_log_likelihood(model, frames):
             assert torch.allclose(energy[:, step - context], expected, atol=1e-4)
 
 
-def test_components_move_only_the_keypoints_and_component_zero_keeps_their_trend(frames):
+def keypoint_model(trend_frames: int) -> tuple[WorldModel, int]:
+    """A mixture model whose transition continues a `trend_frames` trend, and its number of keypoint coordinates."""
     config = mixture_config()
-    config.predictor.trend_frames = 3
+    config.predictor.trend_frames = trend_frames
     torch.manual_seed(0)
-    model = WorldModel(config)
     coordinates = 2 * config.encoder.keypoints
     assert coordinates > 0 and config.encoder.keypoint_passthrough
+    return WorldModel(config), coordinates
+
+
+def test_components_move_only_the_keypoints_and_component_zero_keeps_their_trend(frames):
+    model, coordinates = keypoint_model(3)
+    config = model.config
     with torch.no_grad():
         target = model.encode_target(frames)
         summary = model.past(model.encode(frames))[:, -1]
@@ -207,11 +213,7 @@ def test_components_move_only_the_keypoints_and_component_zero_keeps_their_trend
 
 
 def test_rollout_along_component_zero_continues_the_keypoints_in_a_straight_line(frames):
-    config = mixture_config()
-    config.predictor.trend_frames = 2
-    torch.manual_seed(0)
-    model = WorldModel(config)
-    coordinates = 2 * config.encoder.keypoints
+    model, coordinates = keypoint_model(2)
     with torch.no_grad():
         online, target = model.encode(frames[:, :3]), model.encode_target(frames[:, :3])
         still = torch.nn.functional.one_hot(torch.zeros(3, 5, dtype=torch.long), 4).float()  # (B, H, K)

@@ -198,7 +198,8 @@ class WorldModel(nn.Module):
     def _unroll(self, context: torch.Tensor, last_target: torch.Tensor, horizon: int, pick, *,
                 actions: torch.Tensor | None, window: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The open-loop loop itself: pick(k, h_k (B, width), base (B, D)) -> z_k (B, Z) chooses each step's z from
-        the rollout's own summary. Returns (predictions (B, horizon, D), latents (B, horizon, Z))."""
+        the rollout's own summary, or -> (z_k, prediction (B, D)) where it has already computed what z_k predicts.
+        Returns (predictions (B, horizon, D), latents (B, horizon, Z))."""
         # Never more inputs than the predictor has positions: past that, the most recent ones are kept.
         window = self.past.max_len if window is None else min(window, self.past.max_len)
         trend = self.config.predictor.trend_frames
@@ -212,8 +213,8 @@ class WorldModel(nn.Module):
             # (B, width): h at the last known/predicted frame
             summary = self.past(sequence[:, first:], step_actions)[:, -1]
             base = extrapolated_last(history, trend)  # (B, D): where the last frame goes if it keeps moving
-            z = pick(k, summary, base)
-            prediction = self.step(summary, z, base)  # (B, D)
+            chosen = pick(k, summary, base)
+            z, prediction = chosen if isinstance(chosen, tuple) else (chosen, self.step(summary, chosen, base))
             predictions.append(prediction)
             used.append(z)
             sequence = torch.cat([sequence, prediction.unsqueeze(1).to(sequence.dtype)], dim=1)
@@ -274,13 +275,14 @@ class WorldModel(nn.Module):
         for path in paths:
             costs = []
 
-            def pick(k: int, summary: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+            def pick(k: int, summary: torch.Tensor, base: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 prior = self.latent.prior(summary)
-                log_likelihood, responsibilities, _ = self._mixture(summary, prior, base, future[:, k],
-                                                                    scale=self.latent.rollout_scale(k))
+                log_likelihood, responsibilities, means = self._mixture(summary, prior, base, future[:, k],
+                                                                        scale=self.latent.rollout_scale(k))
                 costs.append(log_likelihood)
                 chosen = responsibilities if path == "steered" else prior.probs[..., 0, :]  # noqa: B023
-                return self._component_code(chosen.argmax(-1), summary)
+                index = chosen.argmax(-1)
+                return self._component_code(index, summary), component_of(means, index)
 
             predictions, _ = self._unroll(online[:, :context], target[:, :context],
                                           future.shape[1], pick, actions=actions, window=None)
